@@ -1,0 +1,31 @@
+# Two entry points, both from a fresh clone: `make run` and `make test`.
+# Each creates .venv with the pinned dependencies first (once; redone when pyproject.toml changes).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SPACE ?= spaces/yolov4_tiny.yaml
+PYTEST_ARGS ?=
+
+.PHONY: run test smoke setup clean
+
+run: $(STAMP)
+	$(BIN)/python -m search run $(SPACE)
+
+smoke: $(STAMP)
+	$(BIN)/python -m search run spaces/smoke.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) .cache runs
