@@ -7,14 +7,41 @@ directly, so the order of imports can never pick Keras 3 by accident.
 """
 
 import os
+import sys
+from contextlib import contextmanager
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
-# TensorFlow's C++ INFO/WARNING lines (oneDNN notices, CUDA probing) drown progress output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import tensorflow as tf  # noqa: E402
-import tf_keras as keras  # noqa: E402
-import tensorflow_model_optimization as tfmot  # noqa: E402
+
+@contextmanager
+def _quiet_stderr():
+    """Send file descriptor 2 to /dev/null for a moment.
+
+    Importing TensorFlow 2.21 prints INFO lines from C++ (oneDNN notice, CUDA probing) before absl
+    logging is initialised, so no environment variable silences them; on a user's terminal they
+    bury the one-line errors and the progress output. A Python exception still propagates.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+with _quiet_stderr():
+    import tensorflow as tf  # noqa: E402
+    import tf_keras as keras  # noqa: E402
+    import tensorflow_model_optimization as tfmot  # noqa: E402
+
+    # Probing for GPUs logs a CUDA error on a machine without one; do it now, quietly. This lists
+    # physical devices only, so thread settings (``set_threads``) can still be changed afterwards.
+    tf.config.list_physical_devices("GPU")
 
 __all__ = ["tf", "keras", "tfmot", "set_threads"]
 

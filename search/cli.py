@@ -1,0 +1,62 @@
+"""Command line: ``python -m search run|validate SPACE``.
+
+Each subcommand calls one library function. Errors a user can fix (``SearchError``) are caught
+here only, printed as one line ``ClassName: message``, and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from search.errors import EXIT_USER_ERROR, SearchError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m search", description="Measured search over YOLOv4-tiny compression settings.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_space(p: argparse.ArgumentParser) -> None:
+        p.add_argument("space", help="search-space YAML file, e.g. spaces/yolov4_tiny.yaml")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a key of the space file, e.g. --set budget.trials=4 (repeatable)")
+
+    run = commands.add_parser("run", help="run a search and write its run directory")
+    with_space(run)
+    run.add_argument("--run-dir", help="where results go (default runs/<name>-<timestamp>/); must not exist")
+    run.add_argument("--address", help="an existing Ray cluster (HOST:PORT or 'auto'; default: RAY_ADDRESS, "
+                                       "else an embedded local Ray)")
+    validate = commands.add_parser("validate", help="check a space file without running anything")
+    with_space(validate)
+    return parser
+
+
+def validate_command(args: argparse.Namespace) -> int:
+    from search.space import load_space
+
+    space = load_space(args.space, tuple(args.overrides))
+    dims = ", ".join(f"{d.name}={list(d.values) if d.kind != 'float' else f'{d.low}..{d.high}'}" for d in space.search.all())
+    print(f"{space.path}: valid. search: {dims}; objectives: "
+          f"{', '.join(f'{o.name} ({o.direction})' for o in space.objectives)}; budget: {space.budget.trials} trials")
+    return 0
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from search.runner import run_search
+    from search.space import load_space
+
+    space = load_space(args.space, tuple(args.overrides))
+    run_search(space, run_dir=args.run_dir, address=args.address)
+    return 0
+
+
+COMMANDS = {"run": run_command, "validate": validate_command}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except SearchError as error:
+        print(f"{type(error).__name__}: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR

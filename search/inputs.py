@@ -1,0 +1,173 @@
+"""What a search starts from: the dataset and the base model's weights.
+
+Both are prepared once, in the driver, before Ray starts: ``load_data`` reads (or generates) the
+dataset and checks it against the space; ``base_model`` trains a base model on it, or imports the
+user's Darknet weights, and caches the Keras weights under a hash of everything they depend on, so
+a second run starts searching at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from search.data.dataset import Dataset, Split
+from search.errors import DataError, SpaceError
+from search.space import Space
+
+# Bump when the training code changes what a cached base model would be.
+BASE_MODEL_VERSION = 1
+
+
+def load_data(space: Space) -> Dataset:
+    """The dataset the space names, checked against the space; raises ``DataError``/``SpaceError``."""
+    spec = space.data
+    if spec.format == "generated":
+        from search.data.generated import generate_shapes_dataset
+        from search.data.yolo_format import load_yolo_dataset
+
+        g = spec.generated
+        data_yaml = generate_shapes_dataset(
+            Path(space.cache_dir) / "data" / f"shapes-s{g.seed}-{g.num_train}-{g.num_val}-{g.image_size}",
+            seed=g.seed, num_train=g.num_train, num_val=g.num_val, image_size=g.image_size,
+        )
+        dataset = load_yolo_dataset(data_yaml)
+    elif spec.format == "yolo":
+        from search.data.yolo_format import load_yolo_dataset
+
+        dataset = load_yolo_dataset(Path(spec.path))
+    else:
+        from search.data.coco_format import load_coco_folder
+
+        dataset = load_coco_folder(Path(spec.path))
+    if spec.val_limit is not None:
+        dataset = replace(dataset, val=Split(dataset.val.name, dataset.val.examples[: spec.val_limit]))
+    check_against_space(dataset, space)
+    return dataset
+
+
+def check_against_space(dataset: Dataset, space: Space) -> None:
+    """What only the data can tell: enough training images to calibrate with."""
+    calibration = space.search.calibration_size
+    largest = max(calibration.values) if calibration.kind != "float" else calibration.high
+    n_train = len(dataset.train.examples)
+    if largest > n_train:
+        raise SpaceError(
+            f"{space.path}: search.calibration_size: must be <= the {n_train} training images in "
+            f"{dataset.source}, but got {largest}"
+        )
+
+
+def dataset_fingerprint(dataset: Dataset) -> str:
+    """A hash of the labels, image names and sizes of both splits (pixels are not read)."""
+    digest = hashlib.sha256(json.dumps(dataset.names).encode())
+    for split in (dataset.train, dataset.val):
+        for ex in split.examples:
+            path = Path(ex.image_path)
+            digest.update(f"{split.name}/{path.name}:{ex.width}x{ex.height}:{path.stat().st_size}".encode())
+            digest.update(ex.boxes.tobytes())
+            digest.update(ex.classes.tobytes())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class BaseModel:
+    weights: str  # Keras weights file (.h5), loadable at any resolution
+    key: str  # the cache key: what the weights depend on, hashed
+    source: str  # "trained" or "darknet:<path>"
+    cached: bool  # found in the cache rather than made by this run
+    seconds: float  # time to train/import it (0 when cached)
+    map50: float | None  # of the float Keras model on the val split at its resolution
+    map: float | None
+    resolution: int
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def base_model(space: Space, dataset: Dataset, *, progress: bool = True) -> BaseModel:
+    """Cached base weights for ``space`` on ``dataset``: trained from scratch or imported."""
+    resolution = space.base_training.resolution
+    if space.model.weights:
+        origin = {"darknet_weights": _sha256_file(Path(space.model.weights)), "cfg": _sha256_file(Path(space.model.cfg)) if space.model.cfg else None}
+    else:
+        origin = {"training": asdict(space.base_training), "seed": space.budget.seed}
+    key_material = {
+        "version": BASE_MODEL_VERSION, "classes": list(dataset.names), "data": dataset_fingerprint(dataset),
+        "preprocessing": space.data.preprocessing, **origin,
+    }
+    key = hashlib.sha256(json.dumps(key_material, sort_keys=True).encode()).hexdigest()[:16]
+    folder = Path(space.cache_dir) / "base"
+    weights, card = folder / f"{key}.h5", folder / f"{key}.json"
+    if weights.exists() and card.exists():
+        info = json.loads(card.read_text())
+        return BaseModel(str(weights.resolve()), key, info["source"], True, 0.0, info.get("map50"), info.get("map"), info["resolution"])
+
+    start = time.perf_counter()
+    if space.model.weights:
+        model, source = _import_darknet(space, dataset, resolution), f"darknet:{space.model.weights}"
+    else:
+        model, source = _train_from_scratch(space, dataset, resolution, progress=progress), "trained"
+    seconds = time.perf_counter() - start
+    accuracy = _keras_accuracy(model, space, dataset, resolution)
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f"{key}.{os.getpid()}.tmp.h5"
+    model.save_weights(str(tmp))
+    os.replace(tmp, weights)  # atomic: a killed run never leaves half a weights file under the key
+    info = {"source": source, "resolution": resolution, "seconds": round(seconds, 1), **accuracy, "key_material": key_material}
+    tmp_card = folder / f"{key}.{os.getpid()}.tmp.json"
+    tmp_card.write_text(json.dumps(info, indent=2))
+    os.replace(tmp_card, card)
+    return BaseModel(str(weights.resolve()), key, source, False, seconds, accuracy.get("map50"), accuracy.get("map"), resolution)
+
+
+def _train_from_scratch(space: Space, dataset: Dataset, resolution: int, *, progress: bool):
+    from search.data.preprocess import split_arrays
+    from search.model.yolov4_tiny import build_yolov4_tiny
+    from search.train import train
+
+    spec = space.base_training
+    arrays = split_arrays(dataset.train, resolution=resolution, mode=space.data.preprocessing)
+    model = build_yolov4_tiny(num_classes=dataset.num_classes, resolution=resolution)
+    train(
+        model, images=arrays.images, boxes=arrays.boxes, classes=arrays.classes, num_classes=dataset.num_classes,
+        steps=spec.steps, batch_size=spec.batch_size, learning_rate=spec.learning_rate, seed=space.budget.seed,
+        progress="base model" if progress else None,
+    )
+    return model
+
+
+def _import_darknet(space: Space, dataset: Dataset, resolution: int):
+    from search.model.darknet import load_darknet_model
+
+    model, num_classes = load_darknet_model(space.model.cfg, space.model.weights, resolution=resolution)
+    if num_classes != dataset.num_classes:
+        raise DataError(
+            f"{space.model.cfg}: the cfg has {num_classes} classes but the data ({dataset.source}) has "
+            f"{dataset.num_classes}; they must agree"
+        )
+    return model
+
+
+def _keras_accuracy(model, space: Space, dataset: Dataset, resolution: int) -> dict[str, float]:
+    from objectives.accuracy import measure_accuracy
+
+    def predict(image):
+        return [head[0].numpy() for head in model(image[None], training=False)]
+
+    m = space.measure
+    return measure_accuracy(
+        predict, dataset.val, num_classes=dataset.num_classes, resolution=resolution,
+        preprocessing=space.data.preprocessing, score_threshold=m.score_threshold,
+        iou_threshold=m.iou_threshold, max_detections=m.max_detections,
+    )

@@ -1,0 +1,90 @@
+"""The record of a search: one row per finished trial, kept on disk as the search runs.
+
+``TrialRecorder`` is a Ray Tune callback. Each time a trial completes or fails it adds the row
+(parameters as ``param.<name>``, every measured metric, achieved sparsity, audit, stage timings,
+or the error) and rewrites ``trials.csv`` atomically, so a killed driver leaves every finished
+trial on disk. It also prints one progress line per trial.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from search.atomic import write_text_atomic
+from search.trial import TrialParams
+
+PARAMS = tuple(f"param.{name}" for name in TrialParams.__dataclass_fields__)
+METRICS = ("map50", "map", "size_bytes", "size_gzip_bytes", "latency_ms", "latency_p90_ms", "latency_spread",
+           "latency_runs", "latency_threads", "sparsity", "audit")
+TIMINGS = ("time_build_s", "time_fine_tune_s", "time_convert_s", "time_evaluate_s", "time_latency_s", "time_total_s")
+COLUMNS = ("trial_id", "status", "error", *PARAMS, *METRICS, *TIMINGS, "node", "cpu_model", "model_path")
+
+
+def row_for(trial_id: str, config: dict[str, Any], result: dict[str, Any] | None, error: str | None) -> dict[str, Any]:
+    row: dict[str, Any] = {"trial_id": trial_id, "status": "failed" if error else "completed", "error": error or ""}
+    for name in TrialParams.__dataclass_fields__:
+        row[f"param.{name}"] = config.get(name, "")
+    result = result or {}
+    for key in (*METRICS, *TIMINGS, "node", "cpu_model", "model_path"):
+        row[key] = result.get(key, "")
+    if not row["time_total_s"]:
+        row["time_total_s"] = round(sum(float(result.get(t) or 0) for t in TIMINGS[:-1]), 3) if result else ""
+    return row
+
+
+def rows_to_csv(rows: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def describe_metrics(row: dict[str, Any]) -> str:
+    size = float(row["size_bytes"]) / 1e6
+    return f"map50={float(row['map50']):.3f} size={size:.2f} MB latency={float(row['latency_ms']):.1f} ms sparsity={float(row['sparsity']):.2f}"
+
+
+class TrialRecorder(tune.Callback):
+    """Collects finished trials into ``rows`` and keeps ``<run_dir>/trials.csv`` current."""
+
+    def __init__(self, run_dir: Path, *, artifacts_dir: Path, budget: int | None, echo=print):
+        self.run_dir = Path(run_dir)
+        self.artifacts_dir = Path(artifacts_dir)
+        self.budget = budget
+        self.echo = echo
+        self.rows: list[dict[str, Any]] = []
+        self._started: dict[str, float] = {}
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._started[trial.trial_id] = time.monotonic()
+        self.echo(f"  started  {trial.trial_id}: {TrialParams.from_config(trial.config).describe()}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._finish(trial, error=None)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._finish(trial, error=self._error_of(trial))
+
+    def _error_of(self, trial) -> str:
+        written = self.artifacts_dir / trial.trial_id / "error.txt"
+        if written.exists():
+            return written.read_text().strip()
+        # Died outside the pipeline (a killed worker, an import error): Ray's own message.
+        message = str(getattr(trial, "error_msg", "") or "trial process failed")
+        return message.strip().splitlines()[-1][:500]
+
+    def _finish(self, trial, *, error: str | None) -> None:
+        row = row_for(trial.trial_id, trial.config, trial.last_result if not error else None, error)
+        self.rows.append(row)
+        write_text_atomic(self.run_dir / "trials.csv", rows_to_csv(self.rows))
+        seconds = time.monotonic() - self._started.get(trial.trial_id, time.monotonic())
+        count = f"{len(self.rows)}/{self.budget}" if self.budget else str(len(self.rows))
+        outcome = f"FAILED: {error}" if error else describe_metrics(row)
+        self.echo(f"[{count:>7}] {trial.trial_id} in {seconds:4.0f}s | {TrialParams.from_config(trial.config).describe()} | {outcome}")

@@ -1,0 +1,461 @@
+"""The search-space file, parsed and validated once, before anything runs.
+
+``load_space(path, overrides)`` turns ``spaces/*.yaml`` into a frozen ``Space``. After this,
+nobody reads the raw YAML: the trial, the tuner, the report and the export all take ``Space``.
+Every key is documented in ``spaces/yolov4_tiny.yaml``; defaults below carry their reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from objectives import DIRECTIONS, OBJECTIVES
+from search.data.preprocess import PREPROCESSING
+from search.errors import SpaceError
+from search.spec import Section, did_you_mean
+
+DATA_FORMATS = ("generated", "yolo", "coco")
+SAMPLERS = ("tpe", "nsga2", "random")
+EXPORT_RULES = ("knee", "max_accuracy", "within_limits")  # documented in search.export
+PRUNING_STRUCTURES = ("unstructured", "2:4")
+MAX_RESOLUTION = 1024
+
+
+def quant_mode_names() -> tuple[str, ...]:
+    from search.quantize import QUANT_MODES
+
+    return tuple(QUANT_MODES)
+
+
+def schedule_names() -> tuple[str, ...]:
+    from search.prune import SCHEDULES
+
+    return tuple(SCHEDULES)
+
+
+def needs_calibration(mode: str) -> bool:
+    from search.quantize import QUANT_MODES
+
+    return QUANT_MODES[mode].needs_calibration
+
+
+# ---------------------------------------------------------------------------------------------
+# One search dimension: a fixed value, a list of choices, or a numeric range.
+
+
+@dataclass(frozen=True)
+class Dimension:
+    name: str  # the parameter's name in the trial config and in trials.csv (param.<name>)
+    kind: str  # "fixed", "choices", "int" or "float"
+    choices: tuple = ()  # "fixed" holds its one value here
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    log: bool = False
+
+    @property
+    def values(self) -> tuple:
+        """Every value this dimension can take (ranges only when they are integer and stepped)."""
+        if self.kind in ("fixed", "choices"):
+            return self.choices
+        if self.kind == "int":
+            return tuple(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
+        return (self.low, self.high)
+
+    def suggest(self, trial) -> Any:
+        """Ask an Optuna trial for a value (define-by-run; does no computation)."""
+        if self.kind == "fixed":
+            return self.choices[0]
+        if self.kind == "choices":
+            return trial.suggest_categorical(self.name, list(self.choices))
+        if self.kind == "int":
+            return trial.suggest_int(self.name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
+        return trial.suggest_float(self.name, self.low, self.high, step=self.step, log=self.log)
+
+
+def _dimension(section: Section, key: str, *, name: str, value_kind: type, check, default: Any) -> Dimension:
+    """Read ``key`` as a fixed value, ``{choices: [...]}`` or ``{low, high, step?, log?}``.
+
+    ``check(value) -> str | None`` returns what must hold when ``value`` is not allowed.
+    """
+    raw = section.raw(key) if default is None else section.raw(key, default)  # None: required
+    where = section.key(key)
+
+    def validate(value):
+        numeric = value_kind in (int, float)
+        ok_type = isinstance(value, (int, float)) and not isinstance(value, bool) if numeric else isinstance(value, value_kind)
+        if value_kind is int and isinstance(value, float):
+            ok_type = False
+        problem = None if ok_type else f"must be {value_kind.__name__} values"
+        problem = problem or check(value)
+        if problem:
+            raise SpaceError(f"{section.source}: {where}: {problem}, but got {value!r}")
+        return float(value) if value_kind is float else value
+
+    if not isinstance(raw, dict):
+        return Dimension(name, "fixed", (validate(raw),))
+    sub = Section(raw, source=section.source, path=where)
+    if "choices" in raw:
+        choices = sub.raw("choices")
+        if not isinstance(choices, list) or not choices:
+            sub.fail("choices", f"must be a non-empty list, but got {choices!r}")
+        sub.finish()
+        values = tuple(validate(v) for v in choices)
+        if len(set(values)) != len(values):
+            sub.fail("choices", f"must not repeat a value, but got {list(choices)!r}")
+        return Dimension(name, "choices", values)
+    if value_kind not in (int, float):
+        sub.fail("", f"must be a name or {{choices: [...]}}, but got {raw!r}")
+    low, high = validate(sub.raw("low")), validate(sub.raw("high"))
+    step = sub.raw("step", None)
+    log = sub.boolean("log", False)
+    sub.finish()
+    if low >= high:
+        sub.fail("", f"must have low < high (a non-empty range), but got low={low}, high={high}")
+    if step is not None:
+        step = validate(step) if value_kind is int else float(step)
+        if step <= 0:
+            sub.fail("step", f"must be > 0, but got {step}")
+        if log:
+            sub.fail("log", "cannot be combined with step (Optuna allows one or the other), but got both")
+    if log and low <= 0:
+        sub.fail("low", f"must be > 0 for a log-scaled range, but got {low}")
+    return Dimension(name, "int" if value_kind is int else "float", (), low, high, step, log)
+
+
+# ---------------------------------------------------------------------------------------------
+# The sections of a space file.
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str = "yolov4_tiny"  # the only architecture this tool builds
+    weights: str | None = None  # None: train a base model on the data first
+    cfg: str | None = None  # Darknet .cfg that goes with Darknet .weights
+
+
+@dataclass(frozen=True)
+class GeneratedDataSpec:
+    seed: int = 0
+    num_train: int = 512  # enough for YOLOv4-tiny to learn 3 shapes in ~800 steps
+    num_val: int = 128  # mAP on fewer images is too noisy to rank trials
+    image_size: int = 256  # larger than every searched resolution, so resolution matters
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    format: str = "generated"
+    path: str | None = None  # yolo: the data.yaml; coco: a folder with images/ and annotations/
+    preprocessing: str = "stretch"  # Darknet's and OpenCV's resize; the same in train, calibration, eval
+    generated: GeneratedDataSpec = field(default_factory=GeneratedDataSpec)
+    val_limit: int | None = None  # evaluate on the first N val images only (None: all)
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    """Training of the base model (``resolution`` set) or each trial's fine-tune (at the trial's)."""
+
+    steps: int
+    batch_size: int = 8  # fits a 2-core machine; larger batches gain nothing per second on a CPU
+    learning_rate: float = 1e-3
+    resolution: int | None = None
+
+
+# Base training from scratch: ~800 steps at 160 px take ~6 min on 2 cores and reach a useful mAP
+# on the generated data. Fine-tune: 60 steps is the shortest in which pruning can still ramp up
+# (every 6 steps) and the model recover; it is the bulk of a trial's time.
+BASE_TRAINING = TrainingSpec(steps=800, batch_size=8, learning_rate=1e-3, resolution=160)
+FINE_TUNE = TrainingSpec(steps=60, batch_size=8, learning_rate=5e-4)
+
+
+@dataclass(frozen=True)
+class SearchDimensions:
+    resolution: Dimension
+    pruning_schedule: Dimension
+    target_sparsity: Dimension
+    pruning_structure: Dimension
+    quantization: Dimension
+    calibration_size: Dimension
+
+    def all(self) -> tuple[Dimension, ...]:
+        return (self.resolution, self.pruning_schedule, self.target_sparsity, self.pruning_structure, self.quantization, self.calibration_size)
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    name: str
+    direction: str
+
+
+@dataclass(frozen=True)
+class BudgetSpec:
+    trials: int | None = 12
+    time_budget_s: float | None = None
+    max_concurrent: int = 2  # one trial per core on a 2-core machine
+    cpus_per_trial: int = 1
+    seed: int = 0
+    sampler: str = "tpe"
+    max_retries: int = 1  # retries of a trial lost to infrastructure (a dead worker), not to its own error
+
+
+@dataclass(frozen=True)
+class MeasureSpec:
+    latency_threads: int = 1  # what a phone app usually gets; the card records it
+    latency_warmup: int = 5
+    latency_min_runs: int = 20
+    latency_max_seconds: float = 10.0
+    score_threshold: float = 0.001  # low, as mAP needs the whole precision-recall curve
+    iou_threshold: float = 0.45  # Darknet's NMS threshold for mAP
+    max_detections: int = 100  # COCO's limit per image
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    rule: str = "knee"
+    accuracy: str | None = None  # the accuracy objective the rule ranks by; None: the first one
+    max_size_bytes: int | None = None  # within_limits only
+    max_latency_ms: float | None = None  # within_limits only
+
+
+@dataclass(frozen=True)
+class Space:
+    path: str
+    sha256: str
+    name: str
+    model: ModelSpec
+    data: DataSpec
+    base_training: TrainingSpec
+    fine_tune: TrainingSpec
+    search: SearchDimensions
+    objectives: tuple[ObjectiveSpec, ...]
+    budget: BudgetSpec
+    measure: MeasureSpec
+    export: ExportSpec
+    cache_dir: str = ".cache/search"
+    overrides: tuple[str, ...] = ()
+    calibrating_modes: tuple[str, ...] = ()  # from search.quantize.QUANT_MODES, read once at parse time
+
+    @property
+    def metric_names(self) -> list[str]:
+        return [o.name for o in self.objectives]
+
+    @property
+    def modes(self) -> list[str]:
+        """Ray/Optuna wording of the directions: "max" / "min"."""
+        return ["max" if o.direction == "maximize" else "min" for o in self.objectives]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def suggest(self, trial) -> dict[str, Any]:
+        """Optuna define-by-run space: conditional parameters are only asked for when they act.
+
+        Returns the constants (fixed dimensions) for Ray to add to the trial's config.
+        """
+        constants: dict[str, Any] = {}
+
+        def ask(dim: Dimension) -> Any:
+            value = dim.suggest(trial)
+            if dim.kind == "fixed":
+                constants[dim.name] = value
+            return value
+
+        dims = self.search
+        ask(dims.resolution)
+        if ask(dims.pruning_schedule) != "none":
+            ask(dims.target_sparsity)
+            ask(dims.pruning_structure)
+        if ask(dims.quantization) in self.calibrating_modes:
+            ask(dims.calibration_size)
+        return constants
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _resolution_problem(value: int) -> str | None:
+    if value < 32 or value > MAX_RESOLUTION or value % 32:
+        return f"must be multiples of 32 from 32 to {MAX_RESOLUTION}"
+    return None
+
+
+def _parse_search(top: Section) -> SearchDimensions:
+    s = top.section("search", required=True)
+    modes, schedules = quant_mode_names(), schedule_names()
+    resolution = _dimension(s, "resolution", name="resolution", value_kind=int, check=_resolution_problem, default=None)
+    if resolution.kind in ("int",) and (resolution.step or 1) % 32:
+        s.fail("resolution.step", f"must be a multiple of 32, but got {resolution.step}")
+    p = s.section("pruning")
+    schedule = _dimension(p, "schedule", name="pruning_schedule", value_kind=str, check=lambda v: None if v in schedules else did_you_mean(v, schedules).replace("allowed", "must be a pruning schedule; allowed", 1), default="none")
+    sparsity = _dimension(p, "target_sparsity", name="target_sparsity", value_kind=float, check=lambda v: None if 0.0 < v < 1.0 else "must be fractions with 0 < sparsity < 1", default=0.5)
+    structure = _dimension(p, "structure", name="pruning_structure", value_kind=str, check=lambda v: None if v in PRUNING_STRUCTURES else did_you_mean(v, PRUNING_STRUCTURES).replace("allowed", "must be a pruning structure; allowed", 1), default="unstructured")
+    p.finish()
+    quantization = _dimension(s, "quantization", name="quantization", value_kind=str, check=lambda v: None if v in modes else did_you_mean(v, modes).replace("allowed", "must be a quantization mode; allowed", 1), default=None)
+    calibration = _dimension(s, "calibration_size", name="calibration_size", value_kind=int, check=lambda v: None if v >= 1 else "must be >= 1 image", default=64)
+    s.finish()
+    return SearchDimensions(resolution, schedule, sparsity, structure, quantization, calibration)
+
+
+def _parse_objectives(top: Section) -> tuple[ObjectiveSpec, ...]:
+    raw = top.raw("objectives")
+    if not isinstance(raw, list) or not raw:
+        top.fail("objectives", f"must be a non-empty list of {{name, direction}}, but got {raw!r}")
+    parsed = []
+    for i, item in enumerate(raw):
+        o = Section(item, source=top.source, path=f"objectives[{i}]")
+        name = o.choice("name", OBJECTIVES)
+        direction = o.choice("direction", DIRECTIONS, OBJECTIVES[name].direction)
+        o.finish()
+        if direction != OBJECTIVES[name].direction:
+            o.fail("direction", f"{name} can only be {OBJECTIVES[name].direction}d, but got {direction!r}")
+        if name in [p.name for p in parsed]:
+            o.fail("name", f"each objective may appear once, but got {name!r} twice")
+        parsed.append(ObjectiveSpec(name, direction))
+    if not any(OBJECTIVES[o.name].kind == "accuracy" for o in parsed):
+        top.fail("objectives", f"must include an accuracy objective (map50 or map), but got {[o.name for o in parsed]}")
+    return tuple(parsed)
+
+
+def _parse_training(section: Section, defaults: TrainingSpec) -> TrainingSpec:
+    resolution = None
+    if defaults.resolution is not None:  # only the base model has a resolution of its own
+        resolution = section.integer("resolution", defaults.resolution, low=32, high=MAX_RESOLUTION)
+        if resolution % 32:
+            section.fail("resolution", f"must be a multiple of 32, but got {resolution}")
+    spec = TrainingSpec(
+        steps=section.integer("steps", defaults.steps, low=1),
+        batch_size=section.integer("batch_size", defaults.batch_size, low=1),
+        learning_rate=section.number("learning_rate", defaults.learning_rate, low=0.0, below=1.0),
+        resolution=resolution,
+    )
+    section.finish()
+    return spec
+
+
+def parse_space(raw: Any, *, source: str, sha256: str = "", overrides: tuple[str, ...] = ()) -> Space:
+    """Validate an already-loaded YAML document; raises ``SpaceError`` with one line."""
+    top = Section(raw, source=source)
+    name = top.string("name", Path(source).stem)
+
+    m = top.section("model")
+    model = ModelSpec(m.choice("name", ["yolov4_tiny"], "yolov4_tiny"), m.string("weights", optional=True), m.string("cfg", optional=True))
+    m.finish()
+
+    d = top.section("data")
+    g = d.section("generated")
+    defaults = GeneratedDataSpec()
+    generated = GeneratedDataSpec(
+        seed=g.integer("seed", defaults.seed, low=0),
+        num_train=g.integer("num_train", defaults.num_train, low=1),
+        num_val=g.integer("num_val", defaults.num_val, low=1),
+        image_size=g.integer("image_size", defaults.image_size, low=32, high=2048),
+    )
+    g.finish()
+    data = DataSpec(
+        format=d.choice("format", DATA_FORMATS, "generated"),
+        path=d.string("path", optional=True),
+        preprocessing=d.choice("preprocessing", PREPROCESSING, "stretch"),
+        generated=generated,
+        val_limit=d.integer("val_limit", low=1, optional=True),
+    )
+    d.finish()
+    if data.format != "generated" and not data.path:
+        d.fail("path", f"is required for format {data.format!r} (the dataset's location), but got nothing")
+
+    base = _parse_training(top.section("base_training"), BASE_TRAINING)
+    fine_tune = _parse_training(top.section("fine_tune"), FINE_TUNE)
+    search = _parse_search(top)
+    objectives = _parse_objectives(top)
+
+    b = top.section("budget")
+    defaults_b = BudgetSpec()
+    budget = BudgetSpec(
+        # an explicit `trials: null` means "no trial limit": the time budget alone ends the search
+        trials=b.integer("trials", low=1, optional=True) if "trials" in b.data else defaults_b.trials,
+        time_budget_s=b.number("time_budget_s", low=1.0, optional=True),
+        max_concurrent=b.integer("max_concurrent", defaults_b.max_concurrent, low=1),
+        cpus_per_trial=b.integer("cpus_per_trial", defaults_b.cpus_per_trial, low=1),
+        seed=b.integer("seed", defaults_b.seed, low=0),
+        sampler=b.choice("sampler", SAMPLERS, defaults_b.sampler),
+        max_retries=b.integer("max_retries", defaults_b.max_retries, low=0),
+    )
+    b.finish()
+    if budget.trials is None and budget.time_budget_s is None:
+        b.fail("", "must set trials, time_budget_s or both (a search needs an end), but got neither")
+
+    me = top.section("measure")
+    dm = MeasureSpec()
+    measure = MeasureSpec(
+        latency_threads=me.integer("latency_threads", dm.latency_threads, low=1),
+        latency_warmup=me.integer("latency_warmup", dm.latency_warmup, low=0),
+        latency_min_runs=me.integer("latency_min_runs", dm.latency_min_runs, low=1),
+        latency_max_seconds=me.number("latency_max_seconds", dm.latency_max_seconds, low=0.1),
+        score_threshold=me.number("score_threshold", dm.score_threshold, low=0.0, below=1.0),
+        iou_threshold=me.number("iou_threshold", dm.iou_threshold, low=0.0, high=1.0),
+        max_detections=me.integer("max_detections", dm.max_detections, low=1),
+    )
+    me.finish()
+
+    e = top.section("export")
+    accuracy_names = [o.name for o in objectives if OBJECTIVES[o.name].kind == "accuracy"]
+    export = ExportSpec(
+        rule=e.choice("rule", EXPORT_RULES, "knee"),
+        accuracy=e.choice("accuracy", accuracy_names, accuracy_names[0]),
+        max_size_bytes=e.integer("max_size_bytes", low=1, optional=True),
+        max_latency_ms=e.number("max_latency_ms", low=0.0, optional=True),
+    )
+    e.finish()
+    if export.rule == "within_limits" and export.max_size_bytes is None and export.max_latency_ms is None:
+        e.fail("rule", "within_limits needs max_size_bytes and/or max_latency_ms, but got neither")
+
+    st = top.section("storage")
+    cache_dir = st.string("cache_dir", ".cache/search")
+    st.finish()
+    top.finish()
+    calibrating = tuple(mode for mode in quant_mode_names() if needs_calibration(mode))
+    return Space(source, sha256, name, model, data, base, fine_tune, search, objectives, budget, measure, export,
+                 cache_dir, overrides, calibrating)
+
+
+def apply_overrides(raw: Any, overrides: tuple[str, ...], *, source: str) -> Any:
+    """Apply ``--set key.path=value`` overrides (value parsed as YAML) to the loaded document."""
+    if not isinstance(raw, dict):
+        return raw
+    for item in overrides:
+        if "=" not in item:
+            raise SpaceError(f"{source}: --set {item!r}: must be KEY.PATH=VALUE, e.g. budget.trials=4")
+        key, value = item.split("=", 1)
+        node = raw
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part, {}), dict):
+                raise SpaceError(f"{source}: --set {key}: {part} is not a mapping, so it has no key {parts[-1]!r}")
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(value) if value else None
+    return raw
+
+
+def load_space(path: str | Path, overrides: tuple[str, ...] = ()) -> Space:
+    """Read, override, and validate a space file. Raises ``SpaceError`` (one line) on any problem."""
+    path = Path(path)
+    source = str(path)
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        raise SpaceError(f"{source}: no such space file") from None
+    except OSError as error:
+        raise SpaceError(f"{source}: cannot be read ({error.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise SpaceError(f"{source}: malformed YAML at {where}: {problem}") from None
+    raw = apply_overrides(raw, tuple(overrides), source=source)
+    return parse_space(raw, source=source, sha256=hashlib.sha256(text).hexdigest(), overrides=tuple(overrides))

@@ -1,0 +1,71 @@
+"""Run a converted YOLOv4-tiny ``.tflite`` like the Keras model: image in, raw heads out.
+
+The evaluator should not care which quantization mode made the file, so this wrapper hides the
+two ways a TFLite model differs from its Keras source: integer input / output tensors (quantized
+and dequantized here with the tensor's own scale and zero point), and output order (the converter
+does not promise to keep Keras's order, so heads are told apart by grid size: coarse, stride 32,
+has the smaller grid).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter
+
+__all__ = ["TFLiteDetector", "load_interpreter"]
+
+
+def load_interpreter(content: bytes | Path, *, num_threads: int = 1) -> Interpreter:
+    """A LiteRT interpreter with tensors allocated, on ``num_threads`` threads.
+
+    LiteRT applies its default CPU delegate (XNNPACK) itself; ``num_threads`` is given explicitly
+    because its default is implementation-defined, and the thread count changes latency.
+    """
+    if num_threads < 1:
+        raise ValueError(f"num_threads must be >= 1, but got {num_threads}.")
+    if isinstance(content, (str, Path)):
+        content = Path(content).read_bytes()
+    interpreter = Interpreter(model_content=bytes(content), num_threads=num_threads)
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def _quantize(values: np.ndarray, detail: dict) -> np.ndarray:
+    scale, zero_point = detail["quantization"]
+    info = np.iinfo(detail["dtype"])
+    return np.clip(np.round(values / scale) + zero_point, info.min, info.max).astype(detail["dtype"])
+
+
+def _dequantize(values: np.ndarray, detail: dict) -> np.ndarray:
+    scale, zero_point = detail["quantization"]
+    if values.dtype.kind in "iu" and scale:
+        return ((values.astype(np.float32) - zero_point) * scale).astype(np.float32)
+    return values.astype(np.float32)
+
+
+class TFLiteDetector:
+    """A YOLOv4-tiny flatbuffer as a callable: ``(r, r, 3)`` float image -> raw heads, coarse first."""
+
+    def __init__(self, content: bytes | Path, *, num_threads: int = 1):
+        self._interpreter = load_interpreter(content, num_threads=num_threads)
+        (self._input,) = self._interpreter.get_input_details()
+        _, height, width, channels = self._input["shape"]
+        if height != width or channels != 3:
+            raise ValueError(f"expected a square RGB input (1, r, r, 3), but the model takes {self._input['shape']}.")
+        self.resolution = int(height)
+        # Coarse head (stride 32, smaller grid) first, whatever order the converter chose.
+        self._outputs = sorted(self._interpreter.get_output_details(), key=lambda d: int(d["shape"][1]))
+
+    def __call__(self, image: np.ndarray) -> list[np.ndarray]:
+        """Raw head outputs for one ``image`` (float32 ``(r, r, 3)`` in ``[0, 1]``), each ``(H, W, C)``."""
+        shape = (self.resolution, self.resolution, 3)
+        if image.shape != shape:
+            raise ValueError(f"image must have shape {shape}, but got {image.shape}.")
+        batch = np.asarray(image, dtype=np.float32)[None]
+        if self._input["dtype"] != np.float32:
+            batch = _quantize(batch, self._input)
+        self._interpreter.set_tensor(self._input["index"], batch)
+        self._interpreter.invoke()
+        return [_dequantize(self._interpreter.get_tensor(d["index"])[0], d) for d in self._outputs]

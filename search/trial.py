@@ -1,0 +1,160 @@
+"""One trial: the whole pipeline for one set of compression settings, knowing nothing of Ray.
+
+``run_trial(params, context)`` builds the detector at the trial's resolution from the base
+weights, prunes and fine-tunes it, converts it to TFLite, and measures the converted model. It
+returns a flat dict of metrics (objectives, achieved sparsity, audit, stage timings) and leaves
+the ``.tflite`` file in the trial's artifact folder. ``search.tuner`` wraps it for Ray Tune.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from search.data.dataset import Dataset
+from search.node_lock import exclusive, shared
+from search.space import Space
+
+
+@dataclass(frozen=True)
+class TrialParams:
+    """A trial's settings, read from the flat config Ray/Optuna proposed."""
+
+    resolution: int
+    pruning_schedule: str
+    quantization: str
+    target_sparsity: float | None = None  # only when pruning
+    pruning_structure: str | None = None  # only when pruning
+    calibration_size: int | None = None  # only for modes that calibrate
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> TrialParams:
+        names = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in config.items() if k in names})
+
+    def describe(self) -> str:
+        prune = "no pruning" if self.pruning_schedule == "none" else f"{self.pruning_schedule} {self.target_sparsity:.2f} {self.pruning_structure}"
+        calibration = f" cal={self.calibration_size}" if self.calibration_size else ""
+        return f"{self.resolution}px, {prune}, {self.quantization}{calibration}"
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial shares: the parsed space, the dataset, and the base model's weights."""
+
+    space: Space
+    dataset: Dataset
+    base_weights: str  # Keras weights file of the base model (resolution-independent)
+    artifacts_dir: str  # every trial writes into <artifacts_dir>/<trial_id>/
+
+
+class StageTimer:
+    """Seconds spent in each named stage, reported as ``time_<stage>_s``."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[f"time_{stage}_s"] = round(time.perf_counter() - start, 3)
+
+
+def calibration_images(train_images: np.ndarray, *, size: int, seed: int) -> np.ndarray:
+    """Exactly ``size`` training images, drawn without replacement by ``seed``, as float32 in [0, 1].
+
+    The same seed and size give the same images in every trial, so trials that differ only in
+    calibration size differ in nothing else.
+    """
+    if size > len(train_images):
+        raise ValueError(f"calibration_size must be <= {len(train_images)} training images, but got {size}.")
+    picked = np.random.default_rng(seed).choice(len(train_images), size=size, replace=False)
+    return train_images[np.sort(picked)].astype(np.float32) / 255.0
+
+
+def run_trial(params: TrialParams, context: TrialContext, *, trial_id: str) -> dict[str, Any]:
+    from objectives.accuracy import measure_accuracy
+    from objectives.latency import measure_latency
+    from objectives.size import gzip_size_bytes, size_bytes
+    from search.data.preprocess import split_arrays
+    from search.model.yolov4_tiny import build_yolov4_tiny
+    from search.prune import PruningSpec, prune_and_fine_tune
+    from search.quantize import convert
+    from search.tflite_model import TFLiteDetector
+
+    space, data = context.space, context.dataset
+    out_dir = Path(context.artifacts_dir) / trial_id
+    out_dir.mkdir(parents=True, exist_ok=True)
+    timer = StageTimer()
+    preprocessing = space.data.preprocessing
+    train = split_arrays(data.train, resolution=params.resolution, mode=preprocessing)
+
+    # 1. Build the detector at the trial's resolution with the base weights.
+    with timer("build"), shared():
+        model = build_yolov4_tiny(num_classes=data.num_classes, resolution=params.resolution)
+        model.load_weights(context.base_weights)
+
+    # 2. Prune (or not) while fine-tuning on the training split, then strip the wrappers.
+    pruning = PruningSpec(
+        schedule=params.pruning_schedule,
+        target_sparsity=params.target_sparsity or 0.0,
+        structure=params.pruning_structure or "unstructured",
+    )
+    with timer("fine_tune"), shared():
+        model, sparsity = prune_and_fine_tune(
+            model, pruning,
+            steps=space.fine_tune.steps, batch_size=space.fine_tune.batch_size,
+            learning_rate=space.fine_tune.learning_rate, seed=space.budget.seed,
+            images=train.images, boxes=train.boxes, classes=train.classes, num_classes=data.num_classes,
+        )
+
+    # 3. Convert to TFLite in the trial's mode, calibrating on training images when it needs to.
+    calibration = None
+    if params.calibration_size:
+        calibration = calibration_images(train.images, size=params.calibration_size, seed=space.budget.seed)
+    with timer("convert"), shared():
+        converted = convert(model, mode=params.quantization, calibration_images=calibration)
+    model_path = out_dir / "model.tflite"
+    model_path.write_bytes(converted.content)
+
+    # 4. Measure the converted model: accuracy on the val split, size, then latency alone on the node.
+    with timer("evaluate"), shared():
+        detector = TFLiteDetector(converted.content, num_threads=space.budget.cpus_per_trial)
+        accuracy = measure_accuracy(
+            detector, data.val, num_classes=data.num_classes, resolution=params.resolution,
+            preprocessing=preprocessing, score_threshold=space.measure.score_threshold,
+            iou_threshold=space.measure.iou_threshold, max_detections=space.measure.max_detections,
+        )
+    m = space.measure
+    with timer("latency"), exclusive():
+        latency = measure_latency(
+            converted.content, num_threads=m.latency_threads, warmup=m.latency_warmup,
+            min_runs=m.latency_min_runs, max_seconds=m.latency_max_seconds,
+        )
+
+    metrics = {
+        **accuracy,
+        "size_bytes": size_bytes(converted.content),
+        "size_gzip_bytes": gzip_size_bytes(converted.content),
+        "latency_ms": latency.median_ms,
+        "latency_p90_ms": latency.p90_ms,
+        "latency_spread": latency.spread,
+        "latency_runs": latency.runs,
+        "latency_threads": latency.num_threads,
+        "cpu_model": latency.cpu_model,
+        "sparsity": round(float(sparsity), 4),
+        "audit": converted.audit.summary(),
+        "model_path": str(model_path),
+        **timer.seconds,
+    }
+    (out_dir / "metrics.json").write_text(json.dumps({"params": params.__dict__, "metrics": metrics}, indent=2, default=str))
+    return metrics

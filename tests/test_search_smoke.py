@@ -1,0 +1,80 @@
+"""The whole product on the smoke space: a real local Ray, real Optuna, every file a run leaves."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from search.errors import RunDirError
+from search.runner import run_search
+from search.space import load_space
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory) -> tuple[Path, list[str]]:
+    tmp = tmp_path_factory.mktemp("smoke")
+    space = load_space(ROOT / "spaces" / "smoke.yaml", (f"storage.cache_dir={tmp / 'cache'}",))
+    lines: list[str] = []
+    run_dir = run_search(space, run_dir=tmp / "run", echo=lines.append)
+    return run_dir, lines
+
+
+def read_csv(path: Path) -> list[dict]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_smoke_search_leaves_every_artifact(smoke_run):
+    run_dir, lines = smoke_run
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "finished"
+    assert info["completed_trials"] + info["failed_trials"] == 3
+    assert info["objectives"] == {"map50": "maximize", "size_bytes": "minimize", "latency_ms": "minimize"}
+    assert len(info["space_sha256"]) == 64 and info["packages"]["tensorflow"] == "2.21.0"
+
+    trials = read_csv(run_dir / "trials.csv")
+    assert len(trials) == 3
+    assert {"param.resolution", "param.quantization", "map50", "size_bytes", "latency_ms", "sparsity", "time_fine_tune_s"} <= set(trials[0])
+    completed = [t for t in trials if t["status"] == "completed"]
+    assert completed, [t["error"] for t in trials]
+    for t in completed:
+        assert int(t["param.resolution"]) in (64, 96)
+        # calibration_size is only there when the mode calibrates
+        assert (t["param.calibration_size"] != "") == (t["param.quantization"] == "int8")
+
+    pareto = read_csv(run_dir / "pareto.csv")
+    assert 1 <= len(pareto) <= len(completed)
+    assert (run_dir / "report.html").stat().st_size > 10_000 and (run_dir / "report.png").exists()
+    assert any(line.startswith("Pareto front") for line in lines)
+
+
+def test_export_loads_and_runs_in_litert(smoke_run):
+    from ai_edge_litert.interpreter import Interpreter
+
+    run_dir, _ = smoke_run
+    card = json.loads((run_dir / "export" / "model.json").read_text())
+    assert card["trial_id"] in [row["trial_id"] for row in read_csv(run_dir / "pareto.csv")]
+    assert card["chosen_by"]["rule"] == "knee"
+    assert card["space"]["sha256"] == json.loads((run_dir / "run.json").read_text())["space_sha256"]
+    interpreter = Interpreter(model_path=str(run_dir / "export" / "model.tflite"))
+    interpreter.allocate_tensors()
+    detail = interpreter.get_input_details()[0]
+    assert list(detail["shape"]) == card["input"]["shape"]
+    interpreter.set_tensor(detail["index"], np.random.default_rng(0).random(detail["shape"]).astype(detail["dtype"]))
+    interpreter.invoke()
+    assert len(interpreter.get_output_details()) == 2
+
+
+def test_a_finished_run_is_never_overwritten(smoke_run):
+    run_dir, _ = smoke_run
+    before = (run_dir / "trials.csv").read_bytes()
+    space = load_space(ROOT / "spaces" / "smoke.yaml")
+    with pytest.raises(RunDirError, match="exists already"):
+        run_search(space, run_dir=run_dir, echo=lambda line: None)
+    assert (run_dir / "trials.csv").read_bytes() == before

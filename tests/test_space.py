@@ -1,0 +1,131 @@
+"""The space file: parsed once, every bad input one clear line; the define-by-run space."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from search.errors import SpaceError
+from search.space import load_space
+
+ROOT = Path(__file__).resolve().parents[1]
+SPACES = sorted((ROOT / "spaces").glob("*.yaml"))
+
+
+def write_space(tmp_path: Path, edit) -> Path:
+    """The smoke space with ``edit(raw)`` applied, written to tmp_path/space.yaml."""
+    raw = yaml.safe_load((ROOT / "spaces" / "smoke.yaml").read_text())
+    edit(raw)
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def error_of(path: Path, overrides=()) -> str:
+    with pytest.raises(SpaceError) as caught:
+        load_space(path, tuple(overrides))
+    message = str(caught.value)
+    assert "\n" not in message, "an error is one line"
+    return message
+
+
+@pytest.mark.parametrize("path", SPACES, ids=lambda p: p.name)
+def test_shipped_spaces_are_valid(path):
+    space = load_space(path)
+    assert space.objectives and space.search.quantization.values
+    assert len(space.sha256) == 64
+
+
+def test_bad_key_message_is_pinned(tmp_path):
+    path = write_space(tmp_path, lambda raw: raw["budget"].update(trails=4))
+    assert error_of(path) == (
+        f"{path}: budget.trails: is not a known key; allowed: cpus_per_trial, max_concurrent, max_retries, "
+        "sampler, seed, time_budget_s, trials; did you mean 'trials'?"
+    )
+
+
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        (lambda r: r["search"].update(resolution={"choices": [64, 100]}), "search.resolution: must be multiples of 32 from 32 to 1024, but got 100"),
+        (lambda r: r["search"].update(quantization={"choices": ["int9"]}), "search.quantization: must be a quantization mode; allowed:"),
+        (lambda r: r["search"].update(quantization="float61"), "did you mean 'float16'?"),
+        (lambda r: r["search"]["pruning"].update(target_sparsity={"low": 0.7, "high": 0.3}), "search.pruning.target_sparsity: must have low < high (a non-empty range), but got low=0.7, high=0.3"),
+        (lambda r: r["search"]["pruning"].update(target_sparsity=1.5), "must be fractions with 0 < sparsity < 1, but got 1.5"),
+        (lambda r: r["budget"].update(trials="many"), "budget.trials: must be an integer >= 1, but got 'many'"),
+        (lambda r: r["budget"].update(trials=0), "budget.trials: must be an integer >= 1, but got 0"),
+        (lambda r: r["budget"].update(sampler="cmaes"), "budget.sampler: must be one of the names below, but got 'cmaes'; allowed: tpe, nsga2, random"),
+        (lambda r: r.update(objectives=[{"name": "size_bytes", "direction": "minimize"}]), "objectives: must include an accuracy objective"),
+        (lambda r: r.update(objectives=[{"name": "map50", "direction": "minimize"}]), "objectives[0].direction: map50 can only be maximized, but got 'minimize'"),
+        (lambda r: r.update(objectives=[{"name": "mAP", "direction": "maximize"}]), "objectives[0].name: must be one of the names below, but got 'mAP'"),
+        (lambda r: r["data"].update(format="yolo"), "data.path: is required for format 'yolo'"),
+        (lambda r: r["base_training"].update(resolution=100), "base_training.resolution: must be a multiple of 32, but got 100"),
+        (lambda r: r.update(search=None), "search: is required but missing"),
+        (lambda r: r["budget"].update(trials=None), "budget: must set trials, time_budget_s or both"),
+    ],
+)
+def test_bad_values_name_file_key_allowed_and_given(tmp_path, edit, expected):
+    path = write_space(tmp_path, edit)
+    message = error_of(path)
+    assert message.startswith(f"{path}: ")
+    assert expected in message
+
+
+def test_malformed_yaml_names_the_line(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("search:\n  resolution: [64, 96\nbudget: {trials: 2}\n")
+    assert error_of(path).startswith(f"{path}: malformed YAML at line ")
+
+
+def test_missing_file(tmp_path):
+    assert error_of(tmp_path / "nope.yaml") == f"{tmp_path / 'nope.yaml'}: no such space file"
+
+
+def test_overrides_apply_and_are_validated(tmp_path):
+    path = ROOT / "spaces" / "smoke.yaml"
+    space = load_space(path, ("budget.trials=7", "data.val_limit=5"))
+    assert space.budget.trials == 7 and space.data.val_limit == 5
+    assert "budget.trials: must be an integer >= 1, but got -1" in error_of(path, ["budget.trials=-1"])
+
+
+def _ask(space, seed: int) -> dict:
+    study = optuna.create_study(directions=[o.direction for o in space.objectives], sampler=optuna.samplers.RandomSampler(seed=seed))
+    trial = study.ask()
+    constants = space.suggest(trial)
+    return {**trial.params, **constants}
+
+
+def test_define_by_run_asks_conditional_parameters_only_when_they_act():
+    space = load_space(ROOT / "spaces" / "yolov4_tiny.yaml")
+    seen_modes, seen_schedules = set(), set()
+    for seed in range(60):
+        params = _ask(space, seed)
+        seen_modes.add(params["quantization"])
+        seen_schedules.add(params["pruning_schedule"])
+        assert params["resolution"] % 32 == 0
+        calibrates = params["quantization"] in space.calibrating_modes
+        assert ("calibration_size" in params) == calibrates, params
+        prunes = params["pruning_schedule"] != "none"
+        assert ("target_sparsity" in params) == prunes, params
+        assert ("pruning_structure" in params) == prunes, params
+        if prunes:
+            assert 0.3 <= params["target_sparsity"] <= 0.8
+    assert "int8" in space.calibrating_modes and "float32" not in space.calibrating_modes
+    assert seen_modes == set(space.search.quantization.values)
+    assert seen_schedules == {"none", "polynomial_decay"}
+
+
+def test_fixed_dimension_is_a_constant_not_a_parameter():
+    space = load_space(ROOT / "spaces" / "yolov4_tiny.yaml")
+    for seed in range(20):
+        study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=seed))
+        trial = study.ask()
+        constants = space.suggest(trial)
+        if trial.params["pruning_schedule"] != "none":
+            assert constants == {"pruning_structure": "unstructured"}
+            assert "pruning_structure" not in trial.params
+            return
+    pytest.fail("no trial pruned in 20 draws")

@@ -1,0 +1,80 @@
+"""One trial end to end, at a tiny resolution, for every quantization mode, and with pruning."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from search.inputs import load_data
+from search.quantize import QUANT_MODES
+from search.space import load_space
+from search.trial import TrialContext, TrialParams, calibration_images, run_trial
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def context(tmp_path_factory) -> TrialContext:
+    from search.model.yolov4_tiny import build_yolov4_tiny
+
+    tmp = tmp_path_factory.mktemp("trial")
+    space = load_space(ROOT / "spaces" / "smoke.yaml", (f"storage.cache_dir={tmp / 'cache'}", "fine_tune.steps=10"))
+    dataset = load_data(space)
+    # Untrained base weights: the pipeline, not the accuracy, is under test here.
+    weights = tmp / "base.h5"
+    build_yolov4_tiny(num_classes=dataset.num_classes, resolution=64).save_weights(str(weights))
+    return TrialContext(space=space, dataset=dataset, base_weights=str(weights), artifacts_dir=str(tmp / "trials"))
+
+
+def _check_tflite_runs(path: str, resolution: int) -> None:
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=path)
+    interpreter.allocate_tensors()
+    detail = interpreter.get_input_details()[0]
+    assert tuple(detail["shape"]) == (1, resolution, resolution, 3)
+    interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], dtype=detail["dtype"]))
+    interpreter.invoke()
+    grids = sorted(interpreter.get_tensor(o["index"]).shape[1] for o in interpreter.get_output_details())
+    assert grids == [resolution // 32, resolution // 16]
+
+
+@pytest.mark.parametrize("mode", list(QUANT_MODES))
+def test_one_trial_per_quantization_mode(context, mode):
+    calibrates = QUANT_MODES[mode].needs_calibration
+    params = TrialParams(resolution=64, pruning_schedule="none", quantization=mode, calibration_size=4 if calibrates else None)
+    metrics = run_trial(params, context, trial_id=f"mode-{mode}")
+    assert 0.0 <= metrics["map50"] <= 1.0 and 0.0 <= metrics["map"] <= metrics["map50"] + 1e-9
+    assert metrics["size_bytes"] == Path(metrics["model_path"]).stat().st_size
+    assert 0 < metrics["size_gzip_bytes"] < metrics["size_bytes"]
+    assert 0 < metrics["latency_ms"] <= metrics["latency_p90_ms"]
+    assert metrics["audit"].startswith("pass"), metrics["audit"]
+    for stage in ("build", "fine_tune", "convert", "evaluate", "latency"):
+        assert metrics[f"time_{stage}_s"] > 0
+    _check_tflite_runs(metrics["model_path"], 64)
+
+
+def test_pruned_trial_reaches_its_sparsity_and_gzips_smaller(context):
+    dense = run_trial(TrialParams(resolution=96, pruning_schedule="none", quantization="float32"), context, trial_id="dense")
+    pruned = run_trial(
+        TrialParams(resolution=96, pruning_schedule="polynomial_decay", target_sparsity=0.6, pruning_structure="unstructured",
+                    quantization="float32"),
+        context, trial_id="pruned",
+    )
+    assert dense["sparsity"] < 0.01
+    assert abs(pruned["sparsity"] - 0.6) < 0.02
+    # Unstructured zeros do not shrink the flatbuffer, but they do compress.
+    assert abs(pruned["size_bytes"] - dense["size_bytes"]) / dense["size_bytes"] < 0.01
+    assert pruned["size_gzip_bytes"] < 0.7 * dense["size_gzip_bytes"]
+
+
+def test_calibration_images_are_exact_seeded_and_from_train():
+    train = np.arange(20 * 4 * 4 * 3, dtype=np.uint8).reshape(20, 4, 4, 3)
+    a = calibration_images(train, size=8, seed=3)
+    assert a.shape == (8, 4, 4, 3) and a.dtype == np.float32 and a.max() <= 1.0
+    np.testing.assert_array_equal(a, calibration_images(train, size=8, seed=3))
+    assert not np.array_equal(a, calibration_images(train, size=8, seed=4))
+    with pytest.raises(ValueError, match="calibration_size must be <= 20"):
+        calibration_images(train, size=21, seed=0)
