@@ -268,8 +268,9 @@ class Space:
         dims = self.search
         ask(dims.resolution)
         if ask(dims.pruning_schedule) != "none":
-            ask(dims.target_sparsity)
-            ask(dims.pruning_structure)
+            # 2:4 zeroes exactly half of every block of four: a target sparsity would have no effect
+            if ask(dims.pruning_structure) != "2:4":
+                ask(dims.target_sparsity)
         if ask(dims.quantization) in self.calibrating_modes:
             ask(dims.calibration_size)
         return constants

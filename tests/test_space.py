@@ -109,8 +109,8 @@ def test_define_by_run_asks_conditional_parameters_only_when_they_act():
         calibrates = params["quantization"] in space.calibrating_modes
         assert ("calibration_size" in params) == calibrates, params
         prunes = params["pruning_schedule"] != "none"
-        assert ("target_sparsity" in params) == prunes, params
         assert ("pruning_structure" in params) == prunes, params
+        assert ("target_sparsity" in params) == (prunes and params["pruning_structure"] != "2:4"), params
         if prunes:
             assert 0.3 <= params["target_sparsity"] <= 0.8
     assert "int8" in space.calibrating_modes and "float32" not in space.calibrating_modes
@@ -129,3 +129,14 @@ def test_fixed_dimension_is_a_constant_not_a_parameter():
             assert "pruning_structure" not in trial.params
             return
     pytest.fail("no trial pruned in 20 draws")
+
+
+def test_two_four_structure_never_asks_for_a_target_sparsity():
+    space = load_space(ROOT / "spaces" / "smoke.yaml", ("search.pruning.structure={choices: [unstructured, '2:4']}",))
+    structures = set()
+    for seed in range(40):
+        params = _ask(space, seed)
+        if params["pruning_schedule"] != "none":
+            structures.add(params["pruning_structure"])
+            assert ("target_sparsity" in params) == (params["pruning_structure"] == "unstructured"), params
+    assert structures == {"unstructured", "2:4"}
