@@ -88,7 +88,8 @@ def plot_front(front: Front, space: Space, path: Path) -> None:
         ax.scatter(fx, fy, c="tab:red", label="Pareto front", zorder=3)
         for i in front.members:
             r = front.completed[i]
-            ax.annotate(f"{r['param.quantization']}@{r['param.resolution']}", (xs[i], ys[i]), fontsize=7,
+            pruned = f" s={float(r['sparsity']):.0%}" if r["param.pruning_schedule"] not in ("", "none") else ""
+            ax.annotate(f"{r['param.quantization']}@{r['param.resolution']}{pruned}", (xs[i], ys[i]), fontsize=7,
                         xytext=(4, 4), textcoords="offset points")
         if front.exported is not None:
             ax.scatter([xs[front.exported]], [ys[front.exported]], marker="*", s=260, c="gold", edgecolors="black",
