@@ -1,4 +1,4 @@
-"""Command line: ``python -m search run|validate SPACE``.
+"""Command line: ``python -m search run|validate SPACE`` and ``python -m search resume RUN_DIR``.
 
 Each subcommand calls one library function. Errors a user can fix (``SearchError``) are caught
 here only, printed as one line ``ClassName: message``, and exit with code 2.
@@ -10,6 +10,8 @@ import argparse
 import sys
 
 from search.errors import EXIT_USER_ERROR, SearchError
+
+EXIT_INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT; the run can be resumed
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,6 +28,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--run-dir", help="where results go (default runs/<name>-<timestamp>/); must not exist")
     run.add_argument("--address", help="an existing Ray cluster (HOST:PORT or 'auto'; default: RAY_ADDRESS, "
                                        "else an embedded local Ray)")
+    run.add_argument("--storage", help="a folder every node mounts, for the trials' files and the shared stage cache "
+                                       "(same as --set storage.path=...; default: the run directory and cache_dir)")
+    resume = commands.add_parser("resume", help="continue a run whose driver was stopped or killed")
+    resume.add_argument("run_dir", help="the run directory to continue")
+    resume.add_argument("--address", help="the Ray cluster to continue on (default: RAY_ADDRESS, else an embedded local Ray)")
     validate = commands.add_parser("validate", help="check a space file without running anything")
     with_space(validate)
     return parser
@@ -45,18 +52,31 @@ def run_command(args: argparse.Namespace) -> int:
     from search.runner import run_search
     from search.space import load_space
 
-    space = load_space(args.space, tuple(args.overrides))
+    storage = (f"storage.path={args.storage}",) if args.storage else ()
+    space = load_space(args.space, (*args.overrides, *storage))
     run_search(space, run_dir=args.run_dir, address=args.address)
     return 0
 
 
-COMMANDS = {"run": run_command, "validate": validate_command}
+def resume_command(args: argparse.Namespace) -> int:
+    from search.runner import resume_search
+
+    resume_search(args.run_dir, address=args.address)
+    return 0
+
+
+COMMANDS = {"run": run_command, "resume": resume_command, "validate": validate_command}
 
 
 def main(argv: list[str] | None = None) -> int:
+    from search.runner import SearchInterrupted
+
     args = _parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except SearchError as error:
         print(f"{type(error).__name__}: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except SearchInterrupted as error:
+        print(f"{type(error).__name__}: {error}", file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -29,6 +29,10 @@ def _number(value: Any) -> Any:
     return int(number) if number.is_integer() and "." not in str(value) else number
 
 
+def errors_exist(row: dict[str, Any]) -> bool:
+    return Path(row["model_path"]).with_name("quant_errors.csv").exists()
+
+
 def model_card(row: dict[str, Any], space: Space, *, names: list[str], base: dict[str, Any], data_source: str) -> dict[str, Any]:
     params = {k.removeprefix("param."): _number(v) for k, v in row.items() if k.startswith("param.") and v not in ("", None)}
     metrics = {name: _number(row[name]) for name in OBJECTIVES if row.get(name) not in ("", None)}
@@ -42,6 +46,8 @@ def model_card(row: dict[str, Any], space: Space, *, names: list[str], base: dic
         "metrics": metrics,
         "achieved_sparsity": _number(row["sparsity"]),
         "audit": row["audit"],
+        "float_layers": row.get("float_layers") or None,
+        "quantization_error_report": "quant_errors.csv" if errors_exist(row) else None,
         "how_measured": {
             "accuracy": f"pycocotools COCOeval (bbox) on the {data_source} val split; detections decoded from the "
                         f"converted model, score > {space.measure.score_threshold}, per-class NMS IoU "
@@ -76,6 +82,9 @@ def export_trial(row: dict[str, Any], space: Space, run_dir: Path, *, names: lis
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     shutil.copyfile(row["model_path"], tmp / "model.tflite")
+    errors = Path(row["model_path"]).with_name("quant_errors.csv")
+    if errors.exists():  # per-layer quantization error, worst first: why accuracy dropped
+        shutil.copyfile(errors, tmp / "quant_errors.csv")
     card = model_card(row, space, names=names, base=base, data_source=data_source)
     (tmp / "model.json").write_text(json.dumps(card, indent=2, default=str))
     os.rename(tmp, final)

@@ -4,6 +4,12 @@ Both are prepared once, in the driver, before Ray starts: ``load_data`` reads (o
 dataset and checks it against the space; ``base_model`` trains a base model on it, or imports the
 user's Darknet weights, and caches the Keras weights under a hash of everything they depend on, so
 a second run starts searching at once.
+
+With ``model.weights`` given there is no base training: the weights are the base model as they
+are, and of ``base_training`` only ``resolution`` is used, as the size at which the imported
+model's float Keras mAP (the reference every trial is compared with) is measured.
+``check_model_files`` checks the cfg and weights from their text, header and size alone, in
+milliseconds, so a wrong file fails before any data is read or anything is created.
 """
 
 from __future__ import annotations
@@ -23,8 +29,32 @@ from search.space import Space
 BASE_MODEL_VERSION = 1
 
 
+def check_model_files(space: Space) -> int | None:
+    """The class count of the space's Darknet cfg after checking cfg and weights; ``None`` without weights.
+
+    Raises ``SpaceError`` when only one of ``model.weights`` / ``model.cfg`` is set, and
+    ``WeightsError`` (one line) for a missing file, a cfg that is not YOLOv4-tiny, a header that
+    is not Darknet's, or a weights file of another size than the cfg's class count needs.
+    No model is built: this is meant to run before anything else does.
+    """
+    from search.model.darknet import check_darknet_files
+
+    weights, cfg = space.model.weights, space.model.cfg
+    if not weights and not cfg:
+        return None
+    if not cfg:
+        raise SpaceError(f"{space.path}: model.cfg: is required with model.weights (the Darknet .cfg of {weights}), but got nothing")
+    if not weights:
+        raise SpaceError(f"{space.path}: model.weights: is required with model.cfg (the Darknet .weights for {cfg}), but got nothing")
+    return check_darknet_files(Path(cfg), Path(weights))
+
+
 def load_data(space: Space) -> Dataset:
-    """The dataset the space names, checked against the space; raises ``DataError``/``SpaceError``."""
+    """The dataset the space names, checked against the space; raises ``DataError``/``SpaceError``/``WeightsError``.
+
+    The model files are checked first: they fail in milliseconds, reading the data can take minutes.
+    """
+    cfg_classes = check_model_files(space)
     spec = space.data
     if spec.format == "generated":
         from search.data.generated import generate_shapes_dataset
@@ -46,12 +76,17 @@ def load_data(space: Space) -> Dataset:
         dataset = load_coco_folder(Path(spec.path))
     if spec.val_limit is not None:
         dataset = replace(dataset, val=Split(dataset.val.name, dataset.val.examples[: spec.val_limit]))
-    check_against_space(dataset, space)
+    check_against_space(dataset, space, cfg_classes=cfg_classes)
     return dataset
 
 
-def check_against_space(dataset: Dataset, space: Space) -> None:
-    """What only the data can tell: enough training images to calibrate with."""
+def check_against_space(dataset: Dataset, space: Space, *, cfg_classes: int | None = None) -> None:
+    """What only the data can tell: enough training images to calibrate with, and as many classes as the cfg."""
+    if cfg_classes is not None and cfg_classes != dataset.num_classes:
+        raise DataError(
+            f"{space.model.cfg}: the cfg has classes={cfg_classes} but the data ({dataset.source}) has "
+            f"{dataset.num_classes} names; they must agree (model.cfg, data.path)"
+        )
     calibration = space.search.calibration_size
     largest = max(calibration.values) if calibration.kind != "float" else calibration.high
     n_train = len(dataset.train.examples)
@@ -98,7 +133,9 @@ def base_model(space: Space, dataset: Dataset, *, progress: bool = True) -> Base
     """Cached base weights for ``space`` on ``dataset``: trained from scratch or imported."""
     resolution = space.base_training.resolution
     if space.model.weights:
-        origin = {"darknet_weights": _sha256_file(Path(space.model.weights)), "cfg": _sha256_file(Path(space.model.cfg)) if space.model.cfg else None}
+        # Nothing is trained; only the resolution of the reference mAP comes from base_training.
+        origin = {"darknet_weights": _sha256_file(Path(space.model.weights)), "cfg": _sha256_file(Path(space.model.cfg)),
+                  "resolution": resolution}
     else:
         origin = {"training": asdict(space.base_training), "seed": space.budget.seed}
     key_material = {

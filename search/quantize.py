@@ -7,6 +7,13 @@ then contain, because the converter's settings are requests, not guarantees: wit
 DEQUANTIZE and a QUANTIZE, and the file is called "int8" all the same. So ``convert`` always ends
 with ``audit``, which reads the flatbuffer itself (ops, tensor types, quantization parameters) and
 raises ``ConversionError`` when the model is not what its mode says.
+
+Two rows need more than converter settings. ``qat_int8`` converts a model that learned its ranges
+in quantization-aware training (``search.qat``); the fake quantization it carries is what makes
+the converter emit int8, so it takes no calibration images and is refused for a float model.
+``int8_selective`` is int8 with the ``float_layers`` ops that lose the most under int8 (ranked by
+``search.quant_debug`` on the calibration images) left in float; its audit allows float for
+exactly those ops and names them.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import tempfile
 import time
 import warnings
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,6 +54,8 @@ class QuantMode:
     # The dynamic-range quantizer leaves kernels below 1024 elements in float on purpose (nothing
     # to save); below this many elements a float kernel is not a failure of the mode.
     min_quantized_weight_elements: int = 0
+    needs_qat: bool = False  # converts a quantization-aware-trained model (search.qat) only
+    selective: bool = False  # keeps the ``float_layers`` most int8-sensitive ops in float
 
 
 QUANT_MODES: dict[str, QuantMode] = {
@@ -91,6 +101,24 @@ QUANT_MODES: dict[str, QuantMode] = {
             weight_dtype="INT8",
             activation_dtype="INT16",
         ),
+        QuantMode(
+            name="qat_int8",
+            description="full integer after quantization-aware fine-tuning: ranges learned, not calibrated",
+            needs_calibration=False,
+            optimize=True,
+            weight_dtype="INT8",
+            activation_dtype="INT8",
+            needs_qat=True,
+        ),
+        QuantMode(
+            name="int8_selective",
+            description="int8 with the N ops most sensitive to int8 kept in float (ranked on the calibration images)",
+            needs_calibration=True,
+            optimize=True,
+            weight_dtype="INT8",
+            activation_dtype="INT8",
+            selective=True,
+        ),
     )
 }
 
@@ -134,6 +162,7 @@ class Audit:
     activation_dtypes: dict[str, int]  # dtype computed by ops inside the model -> how many
     input_dtypes: tuple[str, ...]
     output_dtypes: tuple[str, ...]
+    float_layers: tuple[str, ...] = ()  # int8_selective: the ops found in float, as allowed
 
     @property
     def activation_dtype(self) -> str:
@@ -149,9 +178,10 @@ class Audit:
         verdict = f"pass {self.mode}"
         if not self.passed:
             verdict = f"FAIL {self.mode} ({len(self.problems)} problems: {self.problems[0]})"
+        kept_float = f"; float {len(self.float_layers)}: {', '.join(self.float_layers)}" if self.float_layers else ""
         return (
             f"{verdict}: {sum(self.op_counts.values())} ops; weights {weights}; "
-            f"activations {self.activation_dtype}; io {'/'.join(sorted(set(self.input_dtypes)))}"
+            f"activations {self.activation_dtype}; io {'/'.join(sorted(set(self.input_dtypes)))}{kept_float}"
         )
 
 
@@ -190,7 +220,7 @@ def _stored_kernel(model, graph, producers, op):
     return None
 
 
-def audit(content: bytes, *, mode: str, int8_io: bool = False) -> Audit:
+def audit(content: bytes, *, mode: str, int8_io: bool = False, float_layers: Sequence[str] = ()) -> Audit:
     """Read the flatbuffer ``content`` and check it against ``QUANT_MODES[mode]``.
 
     Rules: every op inside the model computes in the mode's activation dtype (DEQUANTIZE at a
@@ -198,10 +228,17 @@ def audit(content: bytes, *, mode: str, int8_io: bool = False) -> Audit:
     weights are stored); integer activations and kernels carry quantization parameters; every
     conv / FC kernel is stored in the mode's weight dtype; the model's inputs and outputs are int8
     when ``int8_io`` and float32 otherwise.
+
+    ``float_layers`` (selective modes only): output tensor names of ops allowed to compute in
+    float with float kernels, fed by DEQUANTIZE; each must be found, in float, in the file.
     """
     spec = get_mode(mode)
     if int8_io and mode != "int8":
         raise ValueError(f"int8_io applies to mode 'int8' only, but got mode '{mode}'.")
+    if float_layers and not spec.selective:
+        raise ValueError(f"float_layers apply to selective modes only, but got mode '{mode}'.")
+    allowed_float = set(float_layers)
+    found_float: list[str] = []
     model = _read_flatbuffer(content)
     problems: list[tuple[int, str]] = []  # (rank, message): 0 for a cause, 1 for a symptom
     op_counts: Counter[str] = Counter()
@@ -219,6 +256,14 @@ def audit(content: bytes, *, mode: str, int8_io: bool = False) -> Audit:
     for graph in model.subgraphs:
         tensors = graph.tensors
         producers = {out: op for op in graph.operators for out in op.outputs if out >= 0}
+        consumers: dict[int, list] = {}
+        for op in graph.operators:
+            for tensor_index in op.inputs:
+                consumers.setdefault(int(tensor_index), []).append(op)
+
+        def kept_float(op) -> bool:
+            return any(o >= 0 and tensors[o].name.decode(errors="replace") in allowed_float for o in op.outputs)
+
         for index, op in enumerate(graph.operators):
             code = model.operatorCodes[op.opcodeIndex]
             name = _OP_NAMES.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
@@ -238,12 +283,23 @@ def audit(content: bytes, *, mode: str, int8_io: bool = False) -> Audit:
                 and in_dtype == spec.activation_dtype
             )
             stored_weight = name == "DEQUANTIZE" and _is_constant(model, tensors[op.inputs[0]])
+            # Selective modes: the requested ops compute in float, and DEQUANTIZE leads into them.
+            is_kept_float = kept_float(op)
+            if is_kept_float:
+                found_float.append(label.decode(errors="replace"))
+            into_kept_float = (
+                name == "DEQUANTIZE"
+                and not stored_weight
+                and all(consumers.get(o) and all(kept_float(c) for c in consumers[o]) for o in op.outputs)
+            )
             if stored_weight and (spec.activation_dtype != "FLOAT32" or in_dtype != spec.weight_dtype):
                 problems.append((rank, f"{where} expands {in_dtype} constants to float at run time"))
             for tensor in (tensors[o] for o in op.outputs if o >= 0):
                 dtype = _TYPE_NAMES[tensor.type]
                 if dtype not in _ACTIVATION_TYPES or float_output or stored_weight:
                     continue
+                if dtype == "FLOAT32" and (is_kept_float or into_kept_float):
+                    continue  # not counted in activation_dtypes: the mode's dtype is still the rule
                 activation_dtypes[dtype] += 1
                 if dtype != spec.activation_dtype:
                     expected = spec.activation_dtype
@@ -257,12 +313,15 @@ def audit(content: bytes, *, mode: str, int8_io: bool = False) -> Audit:
             dtype = _TYPE_NAMES[stored.type] if stored is not None else "COMPUTED"
             weight_dtypes[dtype] += 1
             elements = int(np.prod(tensors[op.inputs[1]].shape))
-            small_float = dtype == "FLOAT32" and elements < spec.min_quantized_weight_elements
+            small_float = dtype == "FLOAT32" and (elements < spec.min_quantized_weight_elements or is_kept_float)
             if dtype != spec.weight_dtype and not small_float:
                 problems.append((rank, f"{where} kernel is stored as {dtype}, but {mode} stores {spec.weight_dtype}"))
             elif dtype in _INTEGER_TYPES and not _has_quantization(stored):
                 problems.append((rank, f"{where} kernel is {dtype} without a scale / zero point"))
 
+    missing = sorted(allowed_float - set(found_float))
+    if missing:
+        problems.append((0, f"{len(missing)} float layers asked for are not in the model: {', '.join(missing)}"))
     return Audit(
         mode=mode,
         passed=not problems,
@@ -272,6 +331,7 @@ def audit(content: bytes, *, mode: str, int8_io: bool = False) -> Audit:
         activation_dtypes=dict(activation_dtypes),
         input_dtypes=input_dtypes,
         output_dtypes=output_dtypes,
+        float_layers=tuple(found_float),
     )
 
 
@@ -287,6 +347,7 @@ class ConvertedModel:
     mode: str
     int8_io: bool
     audit: Audit
+    float_layers: tuple[str, ...]  # int8_selective: output tensors of the ops kept in float, worst first
     calibration_size: int  # images run through the model to fix activation ranges (0: none)
     calibration_seconds: float  # part of convert_seconds spent running the calibration images
     convert_seconds: float  # wall time of the whole conversion, calibration included
@@ -366,18 +427,39 @@ def _make_converter(model, *, spec: QuantMode, int8_io: bool, resolution: int):
     return converter
 
 
-def convert(model, *, mode: str, calibration_images: np.ndarray | None = None, int8_io: bool = False) -> ConvertedModel:
+def _is_quantize_aware(model) -> bool:
+    """Whether ``model`` carries TFMOT fake quantization (``search.qat``), by its layer classes."""
+    return any(type(layer).__name__ in ("QuantizeWrapper", "QuantizeWrapperV2", "QuantizeLayer") for layer in model.layers)
+
+
+def convert(
+    model,
+    *,
+    mode: str,
+    calibration_images: np.ndarray | None = None,
+    int8_io: bool = False,
+    float_layers: int = 0,
+) -> ConvertedModel:
     """Convert the Keras ``model`` to TFLite in ``mode`` and audit the result.
 
     ``calibration_images``: float32 ``(n, r, r, 3)`` in ``[0, 1]``, each fed to the calibrator
     exactly once per pass, for the modes that need calibration (and only those). ``int8_io``: int8
     input and output tensors instead of float32 (mode ``int8`` only), for targets that take raw
-    bytes. Raises ``ConversionError`` when the converter fails or the audit finds the model is
-    not what ``mode`` says.
+    bytes. ``float_layers``: for ``int8_selective``, how many of the ops most sensitive to int8
+    stay in float (0: plain int8 through the same path). ``qat_int8`` takes a model from
+    ``search.qat.quantize_aware_fine_tune``. Raises ``ConversionError`` when the converter fails
+    or the audit finds the model is not what ``mode`` says.
     """
     spec = get_mode(mode)
     if int8_io and mode != "int8":
         raise ValueError(f"int8_io applies to mode 'int8' only, but got mode '{mode}'.")
+    if float_layers and not spec.selective:
+        raise ValueError(f"float_layers applies to selective modes only, but got mode '{mode}'.")
+    if spec.needs_qat and not _is_quantize_aware(model):
+        raise ValueError(
+            f"mode '{mode}' converts a quantization-aware-trained model (search.qat.quantize_aware_fine_tune), "
+            f"but model {model.name!r} has no fake quantization."
+        )
     _, height, width, _ = model.input_shape
     if height is None or height != width:
         raise ValueError(f"model input must be square with a fixed size to convert, but got {model.input_shape}.")
@@ -398,9 +480,15 @@ def convert(model, *, mode: str, calibration_images: np.ndarray | None = None, i
 
     if images is not None:
         converter.representative_dataset = representative_dataset
+    kept_float: tuple[str, ...] = ()
     try:
         with _quiet_converter():
-            content = converter.convert()
+            if spec.selective:
+                from search.quant_debug import convert_selective  # it builds on this module
+
+                content, kept_float = convert_selective(converter, images=images, float_layers=float_layers)
+            else:
+                content = converter.convert()
     except Exception as error:  # the converter raises several unrelated types
         raise ConversionError(f"{mode} conversion failed: {_first_error_line(error)}") from error
     convert_seconds = time.perf_counter() - start
@@ -408,7 +496,7 @@ def convert(model, *, mode: str, calibration_images: np.ndarray | None = None, i
     if images is not None and calibration["passes"] == 0:
         raise ConversionError(f"{mode} conversion stopped before reading all {len(images)} calibration images.")
 
-    result = audit(content, mode=mode, int8_io=int8_io)
+    result = audit(content, mode=mode, int8_io=int8_io, float_layers=kept_float)
     if not result.passed:
         more = f" (+{len(result.problems) - 1} more)" if len(result.problems) > 1 else ""
         raise ConversionError(f"{mode} audit failed: {result.problems[0]}{more}")
@@ -417,6 +505,7 @@ def convert(model, *, mode: str, calibration_images: np.ndarray | None = None, i
         mode=mode,
         int8_io=int8_io,
         audit=result,
+        float_layers=kept_float,
         calibration_size=0 if images is None else len(images),
         calibration_seconds=calibration["seconds"],
         convert_seconds=convert_seconds,

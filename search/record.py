@@ -4,6 +4,11 @@
 (parameters as ``param.<name>``, every measured metric, achieved sparsity, audit, stage timings,
 or the error) and rewrites ``trials.csv`` atomically, so a killed driver leaves every finished
 trial on disk. It also prints one progress line per trial.
+
+A trial's own error arrives as a result with an ``error`` field (see ``search.tuner``); a trial
+that died of an infrastructure failure after its retries arrives through ``on_trial_error``. A
+resumed search starts from the rows already in ``trials.csv``, and a trial reported twice (it
+finished just before the driver died) keeps one row.
 """
 
 from __future__ import annotations
@@ -21,9 +26,14 @@ from search.trial import TrialParams
 
 PARAMS = tuple(f"param.{name}" for name in TrialParams.__dataclass_fields__)
 METRICS = ("map50", "map", "size_bytes", "size_gzip_bytes", "latency_ms", "latency_p90_ms", "latency_spread",
-           "latency_runs", "latency_threads", "sparsity", "audit")
-TIMINGS = ("time_build_s", "time_fine_tune_s", "time_convert_s", "time_evaluate_s", "time_latency_s", "time_total_s")
-COLUMNS = ("trial_id", "status", "error", *PARAMS, *METRICS, *TIMINGS, "node", "cpu_model", "model_path")
+           "latency_runs", "latency_threads", "sparsity", "audit", "float_layers", "calibration_s")
+TIMINGS = ("time_build_s", "time_fine_tune_s", "time_qat_s", "time_convert_s", "time_error_report_s", "time_evaluate_s",
+           "time_latency_s", "time_total_s")
+# stage_cache: whether the prune + fine-tune stage was computed ("miss") or reused ("hit");
+# stage_wait_s: of time_fine_tune_s, the time spent waiting for another trial computing it.
+STAGE = ("stage_cache", "stage_wait_s")
+PLACE = ("node", "host", "cpu_model")  # node: Ray's node id (nodes on one machine share a host name)
+COLUMNS = ("trial_id", "status", "error", *PARAMS, *METRICS, *STAGE, *TIMINGS, *PLACE, "model_path")
 
 
 def row_for(trial_id: str, config: dict[str, Any], result: dict[str, Any] | None, error: str | None) -> dict[str, Any]:
@@ -31,8 +41,9 @@ def row_for(trial_id: str, config: dict[str, Any], result: dict[str, Any] | None
     for name in TrialParams.__dataclass_fields__:
         row[f"param.{name}"] = config.get(name, "")
     result = result or {}
-    for key in (*METRICS, *TIMINGS, "node", "cpu_model", "model_path"):
-        row[key] = result.get(key, "")
+    for key in (*METRICS, *STAGE, *TIMINGS, *PLACE, "model_path"):
+        value = result.get(key)
+        row[key] = "" if value is None else value
     if not row["time_total_s"]:
         row["time_total_s"] = round(sum(float(result.get(t) or 0) for t in TIMINGS[:-1]), 3) if result else ""
     return row
@@ -46,6 +57,15 @@ def rows_to_csv(rows: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a ``trials.csv`` (none when it does not exist yet)."""
+    try:
+        with Path(path).open(newline="") as f:
+            return list(csv.DictReader(f))
+    except FileNotFoundError:
+        return []
+
+
 def describe_metrics(row: dict[str, Any]) -> str:
     size = float(row["size_bytes"]) / 1e6
     return f"map50={float(row['map50']):.3f} size={size:.2f} MB latency={float(row['latency_ms']):.1f} ms sparsity={float(row['sparsity']):.2f}"
@@ -54,35 +74,40 @@ def describe_metrics(row: dict[str, Any]) -> str:
 class TrialRecorder(tune.Callback):
     """Collects finished trials into ``rows`` and keeps ``<run_dir>/trials.csv`` current."""
 
-    def __init__(self, run_dir: Path, *, artifacts_dir: Path, budget: int | None, echo=print):
+    def __init__(self, run_dir: Path, *, budget: int | None, echo=print):
         self.run_dir = Path(run_dir)
-        self.artifacts_dir = Path(artifacts_dir)
         self.budget = budget
         self.echo = echo
         self.rows: list[dict[str, Any]] = []
         self._started: dict[str, float] = {}
 
+    def setup(self, **info):
+        # A resumed search continues the record it left on disk.
+        self.rows = read_rows(self.run_dir / "trials.csv")
+
     def on_trial_start(self, iteration, trials, trial, **info):
         self._started[trial.trial_id] = time.monotonic()
         self.echo(f"  started  {trial.trial_id}: {TrialParams.from_config(trial.config).describe()}")
 
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self.echo(f"  retrying {trial.trial_id}: its worker process or node was lost (failure {trial.num_failures})")
+
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._finish(trial, error=None)
+        result = trial.last_result or {}
+        self._finish(trial, result=result, error=result.get("error") or None)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._finish(trial, error=self._error_of(trial))
+        self._finish(trial, result=None, error=self._error_of(trial))
 
-    def _error_of(self, trial) -> str:
-        written = self.artifacts_dir / trial.trial_id / "error.txt"
-        if written.exists():
-            return written.read_text().strip()
-        # Died outside the pipeline (a killed worker, an import error): Ray's own message.
+    @staticmethod
+    def _error_of(trial) -> str:
+        # Died outside the pipeline (a killed worker or node): Ray's own message, its last line.
         message = str(getattr(trial, "error_msg", "") or "trial process failed")
         return message.strip().splitlines()[-1][:500]
 
-    def _finish(self, trial, *, error: str | None) -> None:
-        row = row_for(trial.trial_id, trial.config, trial.last_result if not error else None, error)
-        self.rows.append(row)
+    def _finish(self, trial, *, result: dict[str, Any] | None, error: str | None) -> None:
+        row = row_for(trial.trial_id, trial.config, result, error)
+        self.rows = [r for r in self.rows if r["trial_id"] != trial.trial_id] + [row]
         write_text_atomic(self.run_dir / "trials.csv", rows_to_csv(self.rows))
         seconds = time.monotonic() - self._started.get(trial.trial_id, time.monotonic())
         count = f"{len(self.rows)}/{self.budget}" if self.budget else str(len(self.rows))

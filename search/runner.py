@@ -2,21 +2,29 @@
 
 Every check a user's input can fail happens before the run directory is created and before Ray
 starts, so bad input costs nothing and overwrites nothing.
+
+A run whose driver was stopped (Ctrl-C, SIGTERM: Tune saves its state and the run is marked
+``interrupted``) or killed (SIGKILL, a lost machine: ``running`` forever) is continued by
+``resume_search(run_dir)``: the same space, the finished trials kept, the sampler's history
+restored from Tune's saved searcher state, until the budget is spent.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from search.atomic import write_text_atomic
-from search.errors import ClusterError, RunDirError
+from search.errors import ClusterError, RunDirError, SpaceError
 from search.provenance import machine, package_versions
 from search.space import Space
 
@@ -33,6 +41,25 @@ def check_run_dir(run_dir: Path) -> None:
     existing = next((p for p in (parent, *parent.parents) if p.exists()), None)
     if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise RunDirError(f"{run_dir}: cannot be created ({existing} is not a writable folder)")
+
+
+def check_storage(space: Space) -> None:
+    """The storage folder must exist or be creatable: every node writes its trials there."""
+    if not space.storage_path:
+        return
+    path = Path(space.storage_path)
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise SpaceError(f"{space.path}: storage.path: must be a writable folder every node mounts, but got "
+                         f"{space.storage_path} ({existing} is not a writable folder)")
+
+
+def trial_storage(space: Space, run_dir: Path) -> tuple[Path, Path]:
+    """(each trial's folder parent, the shared stage cache) for this run."""
+    if space.storage_path:
+        root = Path(space.storage_path).resolve()
+        return root / "runs" / run_dir.name / "trials", root / "stages"
+    return (run_dir / "trials").resolve(), (Path(space.cache_dir) / "stages").resolve()
 
 
 def check_address(address: str | None) -> None:
@@ -62,9 +89,61 @@ def run_search(space: Space, *, run_dir: Path | None = None, address: str | None
     address = address or os.environ.get("RAY_ADDRESS")
     run_dir = Path(run_dir) if run_dir else default_run_dir(space)
     check_run_dir(run_dir)
+    check_storage(space)
     check_address(address)
 
-    from search.inputs import base_model, load_data
+    started = time.perf_counter()
+    dataset = _load_data(space, echo)
+    run_dir.mkdir(parents=True)
+    artifacts, stages = trial_storage(space, run_dir)
+    info: dict[str, Any] = {
+        "status": "running", "started": _now(), "finished": None,
+        "space": space.to_dict(), "space_file": space.path, "space_sha256": space.sha256,
+        "overrides": list(space.overrides),
+        "objectives": {o.name: o.direction for o in space.objectives},
+        "data": {"source": dataset.source, "classes": list(dataset.names), "train_images": len(dataset.train.examples),
+                 "val_images": len(dataset.val.examples), "preprocessing": space.data.preprocessing},
+        "packages": package_versions(), "machine": machine(), "ray_address": address or "embedded",
+        "storage": {"trials": str(artifacts), "stages": str(stages)}, "resumed": [],
+    }
+    write_run_json(run_dir, info)
+    return _search(space, dataset, info, run_dir=run_dir, address=address, echo=echo, started=started)
+
+
+def resume_search(run_dir: Path, *, address: str | None = None, echo=print) -> Path:
+    """Continue the search of a run whose driver stopped before its budget was spent."""
+    from search.space import load_space
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    run_dir = Path(run_dir)
+    try:
+        info = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError) as error:
+        raise RunDirError(f"{run_dir}: not a run directory that can be resumed (no readable run.json: "
+                          f"{getattr(error, 'strerror', None) or error})") from None
+    if info.get("status") == "finished":
+        raise RunDirError(f"{run_dir}: finished already ({info.get('completed_trials')} completed trials); "
+                          "nothing to resume (start a new run to search more)")
+    space = load_space(info["space_file"], tuple(info.get("overrides", ())))
+    if space.sha256 != info["space_sha256"]:
+        raise SpaceError(f"{info['space_file']}: changed since the run started (sha256 {space.sha256[:12]}, "
+                         f"was {info['space_sha256'][:12]}); a resumed search must use the same space")
+    check_address(address)
+
+    from search.record import read_rows
+
+    started = time.perf_counter()
+    dataset = _load_data(space, echo)
+    done = read_rows(run_dir / "trials.csv")
+    echo(f"resume: {len(done)} trials already finished in {run_dir}")
+    info.update(status="running", ray_address=address or "embedded")
+    info.setdefault("resumed", []).append(_now())
+    write_run_json(run_dir, info)
+    return _search(space, dataset, info, run_dir=run_dir, address=address, echo=echo, started=started)
+
+
+def _load_data(space: Space, echo):
+    from search.inputs import load_data
 
     started = time.perf_counter()
     echo(f"data: {space.data.format} ...")
@@ -72,17 +151,12 @@ def run_search(space: Space, *, run_dir: Path | None = None, address: str | None
     echo(f"data: {len(dataset.train.examples)} train / {len(dataset.val.examples)} val images, "
          f"{dataset.num_classes} classes ({', '.join(dataset.names[:6])}{'...' if dataset.num_classes > 6 else ''}) "
          f"from {dataset.source} [{time.perf_counter() - started:.0f}s]")
+    return dataset
 
-    run_dir.mkdir(parents=True)
-    info: dict[str, Any] = {
-        "status": "running", "started": _now(), "finished": None,
-        "space": space.to_dict(), "space_file": space.path, "space_sha256": space.sha256,
-        "objectives": {o.name: o.direction for o in space.objectives},
-        "data": {"source": dataset.source, "classes": list(dataset.names), "train_images": len(dataset.train.examples),
-                 "val_images": len(dataset.val.examples), "preprocessing": space.data.preprocessing},
-        "packages": package_versions(), "machine": machine(), "ray_address": address or "embedded",
-    }
-    write_run_json(run_dir, info)
+
+def _search(space: Space, dataset, info: dict[str, Any], *, run_dir: Path, address: str | None, echo, started: float) -> Path:
+    """Base model, then the search (new or resumed) to its budget, then report and export."""
+    from search.inputs import base_model
 
     base = base_model(space, dataset)
     base_info = asdict(base)
@@ -93,26 +167,41 @@ def run_search(space: Space, *, run_dir: Path | None = None, address: str | None
     info["base_model"] = base_info
     write_run_json(run_dir, info)
 
-    from search.record import TrialRecorder
+    from search.record import TrialRecorder, read_rows
     from search.report import compute_front, summary_table, write_report
     from search.trial import TrialContext
-    from search.tuner import run_tuner, start_ray, stop_ray
+    from search.tuner import can_resume_tuner, resume_tuner, run_tuner, start_ray, stop_ray
 
-    artifacts = (run_dir / "trials").resolve()
-    artifacts.mkdir()
-    context = TrialContext(space=space, dataset=dataset, base_weights=base.weights, artifacts_dir=str(artifacts))
-    recorder = TrialRecorder(run_dir, artifacts_dir=artifacts, budget=space.budget.trials, echo=echo)
+    artifacts, stages = trial_storage(space, run_dir)
+    artifacts.mkdir(parents=True, exist_ok=True)
+    context = TrialContext(space=space, dataset=dataset, base_weights=base.weights, artifacts_dir=str(artifacts),
+                           stages_dir=str(stages))
     echo(f"search: {space.budget.trials or 'unlimited'} trials, {space.budget.max_concurrent} at a time, "
-         f"sampler {space.budget.sampler}, on {address or 'an embedded local Ray'}")
+         f"sampler {space.budget.sampler}, on {address or 'an embedded local Ray'}; trials in {artifacts}")
     search_started = time.perf_counter()
     try:
         start_ray(address)
-        run_tuner(space, context, run_dir=run_dir, recorder=recorder)
+        with _sigterm_stops_like_ctrl_c():
+            if can_resume_tuner(run_dir):
+                resume_tuner(context, run_dir=run_dir)
+            else:  # a new run, or one killed before Tune saved anything
+                recorder = TrialRecorder(run_dir, budget=space.budget.trials, echo=echo)
+                run_tuner(space, context, run_dir=run_dir, recorder=recorder)
     finally:
         stop_ray()
-    search_seconds = time.perf_counter() - search_started
+    search_seconds = time.perf_counter() - search_started + info.get("search_seconds", 0.0)
+    rows = read_rows(run_dir / "trials.csv")  # the record on disk: this session's trials and earlier ones
 
-    front = compute_front(recorder.rows, space)
+    failed = sum(r["status"] == "failed" for r in rows)
+    info.update(completed_trials=len(rows) - failed, failed_trials=failed, search_seconds=round(search_seconds, 1))
+    budget = space.budget
+    if budget.trials is not None and len(rows) < budget.trials and budget.time_budget_s is None:
+        info.update(status="interrupted")
+        write_run_json(run_dir, info)
+        raise SearchInterrupted(f"{run_dir}: interrupted after {len(rows)} of {budget.trials} trials; "
+                                f"continue it with `python -m search resume {run_dir}`")
+
+    front = compute_front(rows, space)
     write_report(front, space, run_dir)
     exported = None
     if front.exported is not None:
@@ -121,9 +210,7 @@ def run_search(space: Space, *, run_dir: Path | None = None, address: str | None
         row = front.completed[front.exported]
         exported = export_trial(row, space, run_dir, names=list(dataset.names), base=base_info, data_source=dataset.source)
 
-    failed = sum(r["status"] == "failed" for r in recorder.rows)
-    info.update(status="finished", finished=_now(), completed_trials=len(recorder.rows) - failed, failed_trials=failed,
-                search_seconds=round(search_seconds, 1), total_seconds=round(time.perf_counter() - started, 1),
+    info.update(status="finished", finished=_now(), total_seconds=round(time.perf_counter() - started, 1),
                 pareto_trials=[r["trial_id"] for r in front.rows],
                 exported_trial=front.completed[front.exported]["trial_id"] if exported else None)
     write_run_json(run_dir, info)
@@ -135,3 +222,20 @@ def run_search(space: Space, *, run_dir: Path | None = None, address: str | None
         echo(f"exported (*, rule {space.export.rule}): {exported / 'model.tflite'} with {exported / 'model.json'}")
     echo(f"report: {run_dir / 'report.html'}  trials: {run_dir / 'trials.csv'}  [{time.perf_counter() - started:.0f}s]")
     return run_dir
+
+
+class SearchInterrupted(Exception):
+    """The driver was stopped before the budget was spent; the run can be resumed."""
+
+
+@contextmanager
+def _sigterm_stops_like_ctrl_c():
+    """SIGTERM is turned into SIGINT, which Tune handles by saving its state and returning."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

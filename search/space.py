@@ -8,7 +8,7 @@ Every key is documented in ``spaces/yolov4_tiny.yaml``; defaults below carry the
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +37,6 @@ def schedule_names() -> tuple[str, ...]:
 
     return tuple(SCHEDULES)
 
-
-def needs_calibration(mode: str) -> bool:
-    from search.quantize import QUANT_MODES
-
-    return QUANT_MODES[mode].needs_calibration
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,9 +177,11 @@ class SearchDimensions:
     pruning_structure: Dimension
     quantization: Dimension
     calibration_size: Dimension
+    float_layers: Dimension
 
     def all(self) -> tuple[Dimension, ...]:
-        return (self.resolution, self.pruning_schedule, self.target_sparsity, self.pruning_structure, self.quantization, self.calibration_size)
+        return (self.resolution, self.pruning_schedule, self.target_sparsity, self.pruning_structure, self.quantization,
+                self.calibration_size, self.float_layers)
 
 
 @dataclass(frozen=True)
@@ -240,6 +237,10 @@ class Space:
     cache_dir: str = ".cache/search"
     overrides: tuple[str, ...] = ()
     calibrating_modes: tuple[str, ...] = ()  # from search.quantize.QUANT_MODES, read once at parse time
+    # Where trials write (their .tflite and records, the shared stage cache): a folder every node
+    # mounts. None: the run directory and cache_dir, which is right for one machine.
+    storage_path: str | None = None
+    selective_modes: tuple[str, ...] = ()  # modes that keep the most sensitive layers float
 
     @property
     def metric_names(self) -> list[str]:
@@ -272,8 +273,11 @@ class Space:
             # 2:4 zeroes exactly half of every block of four: a target sparsity would have no effect
             if ask(dims.pruning_structure) != "2:4":
                 ask(dims.target_sparsity)
-        if ask(dims.quantization) in self.calibrating_modes:
+        mode = ask(dims.quantization)
+        if mode in self.calibrating_modes:
             ask(dims.calibration_size)
+        if mode in self.selective_modes:
+            ask(dims.float_layers)
         return constants
 
 
@@ -299,8 +303,9 @@ def _parse_search(top: Section) -> SearchDimensions:
     p.finish()
     quantization = _dimension(s, "quantization", name="quantization", value_kind=str, check=lambda v: None if v in modes else did_you_mean(v, modes).replace("allowed", "must be a quantization mode; allowed", 1), default=None)
     calibration = _dimension(s, "calibration_size", name="calibration_size", value_kind=int, check=lambda v: None if v >= 1 else "must be >= 1 image", default=64)
+    float_layers = _dimension(s, "float_layers", name="float_layers", value_kind=int, check=lambda v: None if v >= 1 else "must be >= 1 layer", default=4)
     s.finish()
-    return SearchDimensions(resolution, schedule, sparsity, structure, quantization, calibration)
+    return SearchDimensions(resolution, schedule, sparsity, structure, quantization, calibration, float_layers)
 
 
 def _parse_objectives(top: Section) -> tuple[ObjectiveSpec, ...]:
@@ -417,11 +422,19 @@ def parse_space(raw: Any, *, source: str, sha256: str = "", overrides: tuple[str
 
     st = top.section("storage")
     cache_dir = st.string("cache_dir", ".cache/search")
+    storage_path = st.string("path", optional=True)
+    if storage_path and "://" in storage_path and not storage_path.startswith("file://"):
+        st.fail("path", "must be a folder every node mounts (NFS, or an object store mounted with s3fs/gcsfuse), "
+                        f"but got the URI {storage_path!r}")
+    storage_path = storage_path.removeprefix("file://") if storage_path else None
     st.finish()
     top.finish()
-    calibrating = tuple(mode for mode in quant_mode_names() if needs_calibration(mode))
+    from search.quantize import QUANT_MODES
+
+    calibrating = tuple(name for name, mode in QUANT_MODES.items() if mode.needs_calibration)
+    selective = tuple(name for name, mode in QUANT_MODES.items() if mode.selective)
     return Space(source, sha256, name, model, data, base, fine_tune, search, objectives, budget, measure, export,
-                 cache_dir, overrides, calibrating)
+                 cache_dir, overrides, calibrating, storage_path, selective)
 
 
 def apply_overrides(raw: Any, overrides: tuple[str, ...], *, source: str) -> Any:
@@ -460,4 +473,24 @@ def load_space(path: str | Path, overrides: tuple[str, ...] = ()) -> Space:
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
         raise SpaceError(f"{source}: malformed YAML at {where}: {problem}") from None
     raw = apply_overrides(raw, tuple(overrides), source=source)
-    return parse_space(raw, source=source, sha256=hashlib.sha256(text).hexdigest(), overrides=tuple(overrides))
+    space = parse_space(raw, source=source, sha256=hashlib.sha256(text).hexdigest(), overrides=tuple(overrides))
+    return absolute_paths(space)
+
+
+def absolute_paths(space: Space) -> Space:
+    """Relative paths in a space file are relative to where the command runs; make them absolute.
+
+    Ray runs each trial in its own working directory (and a cluster on other machines), so a path
+    that is not absolute would name a different place, or nothing, inside a trial.
+    """
+
+    def absolute(path: str | None) -> str | None:
+        return str(Path(path).expanduser().resolve()) if path else path
+
+    return replace(
+        space,
+        model=replace(space.model, weights=absolute(space.model.weights), cfg=absolute(space.model.cfg)),
+        data=replace(space.data, path=absolute(space.data.path)),
+        cache_dir=absolute(space.cache_dir),
+        storage_path=absolute(space.storage_path),
+    )

@@ -32,6 +32,7 @@ class TrialParams:
     target_sparsity: float | None = None  # only when pruning
     pruning_structure: str | None = None  # only when pruning
     calibration_size: int | None = None  # only for modes that calibrate
+    float_layers: int | None = None  # only for selective quantization: most sensitive ops kept float
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> TrialParams:
@@ -41,7 +42,8 @@ class TrialParams:
     def describe(self) -> str:
         prune = "no pruning" if self.pruning_schedule == "none" else f"{self.pruning_schedule} {self.target_sparsity:.2f} {self.pruning_structure}"
         calibration = f" cal={self.calibration_size}" if self.calibration_size else ""
-        return f"{self.resolution}px, {prune}, {self.quantization}{calibration}"
+        floats = f" float={self.float_layers}" if self.float_layers else ""
+        return f"{self.resolution}px, {prune}, {self.quantization}{calibration}{floats}"
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ class TrialContext:
     dataset: Dataset
     base_weights: str  # Keras weights file of the base model (resolution-independent)
     artifacts_dir: str  # every trial writes into <artifacts_dir>/<trial_id>/
+    stages_dir: str | None = None  # the shared prune + fine-tune cache; None: <space.cache_dir>/stages
 
 
 class StageTimer:
@@ -81,6 +84,23 @@ def calibration_images(train_images: np.ndarray, *, size: int, seed: int) -> np.
     return train_images[np.sort(picked)].astype(np.float32) / 255.0
 
 
+def trial_stage_key(params: TrialParams, context: TrialContext, pruning) -> str:
+    """The prune + fine-tune stage's cache key: everything the stage depends on, nothing after it."""
+    from dataclasses import asdict
+
+    from search.inputs import dataset_fingerprint
+    from search.stage_cache import file_sha256, stage_key
+
+    space = context.space
+    return stage_key(
+        base_weights_sha256=file_sha256(context.base_weights), dataset_fingerprint=dataset_fingerprint(context.dataset),
+        preprocessing=space.data.preprocessing, resolution=params.resolution, pruning=asdict(pruning),
+        fine_tune={"steps": space.fine_tune.steps, "batch_size": space.fine_tune.batch_size,
+                   "learning_rate": space.fine_tune.learning_rate},
+        seed=space.budget.seed,
+    )
+
+
 def run_trial(params: TrialParams, context: TrialContext, *, trial_id: str) -> dict[str, Any]:
     from objectives.accuracy import measure_accuracy
     from objectives.latency import measure_latency
@@ -88,7 +108,11 @@ def run_trial(params: TrialParams, context: TrialContext, *, trial_id: str) -> d
     from search.data.preprocess import split_arrays
     from search.model.yolov4_tiny import build_yolov4_tiny
     from search.prune import PruningSpec, prune_and_fine_tune
-    from search.quantize import convert
+    from search.prune import SCHEDULES
+    from search.qat import qat_sparsity, quantize_aware_fine_tune
+    from search.quant_debug import REPORT_MODES, layer_error_report, write_layer_report
+    from search.quantize import QUANT_MODES, convert
+    from search.stage_cache import cached_stage
     from search.tflite_model import TFLiteDetector
 
     space, data = context.space, context.dataset
@@ -109,20 +133,47 @@ def run_trial(params: TrialParams, context: TrialContext, *, trial_id: str) -> d
         target_sparsity=params.target_sparsity or 0.0,
         structure=params.pruning_structure or "unstructured",
     )
-    with timer("fine_tune"), shared():
-        model, sparsity = prune_and_fine_tune(
+    #    The result is cached by content (search.stage_cache): trials that differ only in how they
+    #    are converted share it, on any node, and it is computed once even when they run together.
+    def fine_tune(weights_path: Path) -> float:
+        tuned, sparsity = prune_and_fine_tune(
             model, pruning,
             steps=space.fine_tune.steps, batch_size=space.fine_tune.batch_size,
             learning_rate=space.fine_tune.learning_rate, seed=space.budget.seed,
             images=train.images, boxes=train.boxes, classes=train.classes, num_classes=data.num_classes,
         )
+        tuned.save_weights(str(weights_path))
+        return sparsity
+
+    with timer("fine_tune"), shared():
+        stage = cached_stage(context.stages_dir or Path(space.cache_dir) / "stages",
+                             trial_stage_key(params, context, pruning), fine_tune)
+        model.load_weights(str(stage.weights))  # the stripped weights fit the model built in step 1
+        sparsity = stage.sparsity
+
+    # 2b. Quantization-aware modes fine-tune again with fake quantization (keeping the sparsity).
+    mode = QUANT_MODES[params.quantization]
+    if mode.needs_qat:
+        with timer("qat"), shared():
+            model = quantize_aware_fine_tune(
+                model, preserve_sparsity=SCHEDULES[pruning.schedule].prunes,
+                steps=space.fine_tune.steps, batch_size=space.fine_tune.batch_size, seed=space.budget.seed,
+                images=train.images, boxes=train.boxes, classes=train.classes, num_classes=data.num_classes,
+            )
+            sparsity = qat_sparsity(model)
 
     # 3. Convert to TFLite in the trial's mode, calibrating on training images when it needs to.
     calibration = None
     if params.calibration_size:
         calibration = calibration_images(train.images, size=params.calibration_size, seed=space.budget.seed)
     with timer("convert"), shared():
-        converted = convert(model, mode=params.quantization, calibration_images=calibration)
+        converted = convert(model, mode=params.quantization, calibration_images=calibration,
+                            float_layers=params.float_layers or 0)
+    if params.quantization in REPORT_MODES:
+        # Why did accuracy drop? Per-layer quantization error, for the export card to point to.
+        with timer("error_report"), shared():
+            report = layer_error_report(model, calibration_images=calibration, mode=params.quantization)
+            write_layer_report(report, out_dir / "quant_errors.csv")
     model_path = out_dir / "model.tflite"
     model_path.write_bytes(converted.content)
 
@@ -153,6 +204,10 @@ def run_trial(params: TrialParams, context: TrialContext, *, trial_id: str) -> d
         "cpu_model": latency.cpu_model,
         "sparsity": round(float(sparsity), 4),
         "audit": converted.audit.summary(),
+        "float_layers": ";".join(converted.float_layers),
+        "calibration_s": round(getattr(converted, "calibration_seconds", 0.0) or 0.0, 3),
+        "stage_cache": "hit" if stage.hit else "miss",
+        "stage_wait_s": stage.wait_s,
         "model_path": str(model_path),
         **timer.seconds,
     }

@@ -1,16 +1,31 @@
 """Ray Tune + Optuna around ``run_trial``: the sampler, the trainable, the recorder, the run.
 
-The trainable is a few lines: set the thread count, run the pipeline, report the metrics. A trial
-that raises is marked ERROR by Tune and told to Optuna as FAIL (``OptunaSearch.on_trial_complete``),
-and the search goes on; ``TrialRecorder`` writes its row with the error.
+Two kinds of failure, kept apart:
+
+- A trial's own error (a conversion its audit rejects, a diverged fine-tune) is data. The
+  trainable catches it and reports it as a result with an ``error`` field; ``OptunaSearchWithFailures``
+  tells Optuna FAIL for such a result, and the recorder writes the row with the error. Ray never
+  retries it: the same settings would fail the same way.
+- An infrastructure failure (a worker process or node that died) reaches Tune as a trial error and
+  is retried ``budget.max_retries`` times (``FailureConfig``), on any node with a free CPU; only
+  when the retries are spent is the trial recorded as failed (Optuna FAIL, Ray's message).
+
+Every finished trial leaves ``<artifacts>/<trial_id>/result.json``. Tune's experiment state is
+checkpointed every ``CHECKPOINT_PERIOD_S``, so a killed driver loses at most the last moments; a
+trial that had finished in that window is found by its ``result.json`` when the search is resumed
+and reported again without being recomputed.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
 
+from ray.tune.search.optuna import OptunaSearch
+
+from search.atomic import write_text_atomic
 from search.record import TrialRecorder
 from search.space import Space
 from search.trial import TrialContext, TrialParams, run_trial
@@ -20,6 +35,11 @@ WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONWA
 # Ray Tune's newer console output ignores verbose=0 for its start banner; the legacy one honours it.
 # The recorder prints one line per trial instead.
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+# Tune's default ("auto") saves its experiment state every 10+ s; a trial takes far longer than a
+# save (a few ms for the Optuna study), so save at every controller step that is 1 s after the last.
+CHECKPOINT_PERIOD_S = "1"
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", CHECKPOINT_PERIOD_S)
+RESULT = "result.json"  # a trial's own record, next to its .tflite
 
 
 def make_sampler(space: Space):
@@ -48,39 +68,59 @@ def make_sampler(space: Space):
     )
 
 
+class OptunaSearchWithFailures(OptunaSearch):
+    """``OptunaSearch`` that tells Optuna FAIL for a result carrying the trial's own ``error``."""
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        if result and result.get("error"):
+            return super().on_trial_complete(trial_id, None, error=True)
+        return super().on_trial_complete(trial_id, result, error)
+
+
 def trainable(config: dict[str, Any], context: TrialContext) -> None:
-    """Ray Tune function trainable: one trial, one report."""
+    """Ray Tune function trainable: one trial, one report (its metrics, or its own error)."""
+    import ray
     from ray import tune
 
     from search.compat import set_threads
 
-    set_threads(context.space.budget.cpus_per_trial)
     trial_id = tune.get_context().get_trial_id()
+    folder = Path(context.artifacts_dir) / trial_id
+    node = {"node": ray.get_runtime_context().get_node_id(), "host": os.uname().nodename}
+    if (folder / RESULT).exists():
+        # Finished before the driver was killed, but after Tune's last state save: report it again.
+        tune.report({**json.loads((folder / RESULT).read_text()), "resumed_from_record": True})
+        return
+    set_threads(context.space.budget.cpus_per_trial)
     try:
-        metrics = run_trial(TrialParams.from_config(config), context, trial_id=trial_id)
+        result = {**run_trial(TrialParams.from_config(config), context, trial_id=trial_id), **node}
     except Exception as error:
-        # The recorder reads this one line; Tune keeps the whole traceback in its own error file.
-        folder = Path(context.artifacts_dir) / trial_id
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "error.txt").write_text(f"{type(error).__name__}: {error}".splitlines()[0][:500])
-        raise
-    tune.report({**metrics, "node": os.uname().nodename})
+        # Tune's strict metric check wants every objective in a result; None tells the recorder nothing.
+        message = f"{type(error).__name__}: {error}".splitlines()[0][:500]
+        result = {**{name: None for name in context.space.metric_names}, "error": message, **node}
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(folder / RESULT, json.dumps(result, default=str))
+    tune.report(result)
+
+
+def _function(context: TrialContext):
+    from ray import tune
+
+    return tune.with_resources(tune.with_parameters(trainable, context=context), {"cpu": context.space.budget.cpus_per_trial})
 
 
 def run_tuner(space: Space, context: TrialContext, *, run_dir: Path, recorder: TrialRecorder) -> None:
     """Run the search to its budget; every finished trial lands in ``recorder``."""
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
 
     budget = space.budget
-    searcher = OptunaSearch(
+    searcher = OptunaSearchWithFailures(
         space=space.suggest, metric=space.metric_names, mode=space.modes, sampler=make_sampler(space)
     )
     searcher = ConcurrencyLimiter(searcher, max_concurrent=budget.max_concurrent)
-    function = tune.with_resources(tune.with_parameters(trainable, context=context), {"cpu": budget.cpus_per_trial})
     tuner = tune.Tuner(
-        function,
+        _function(context),
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             num_samples=budget.trials if budget.trials is not None else -1,
@@ -89,12 +129,38 @@ def run_tuner(space: Space, context: TrialContext, *, run_dir: Path, recorder: T
             reuse_actors=False,  # a fresh process per trial: TensorFlow's memory does not pile up
         ),
         run_config=tune.RunConfig(
-            name="tune",
+            name=TUNE_DIR,
             storage_path=str(run_dir.resolve()),
             verbose=0,  # the recorder prints one line per trial instead of Ray's tables
             callbacks=[recorder],
-            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+            # Only infrastructure failures reach Tune as errors (see the module docstring).
+            failure_config=tune.FailureConfig(max_failures=budget.max_retries, fail_fast=False),
         ),
+    )
+    tuner.fit()
+
+
+TUNE_DIR = "tune"
+
+
+def can_resume_tuner(run_dir: Path) -> bool:
+    """Whether Tune saved enough of this run's search to continue it."""
+    from ray import tune
+
+    return tune.Tuner.can_restore(str((run_dir / TUNE_DIR).resolve()))
+
+
+def resume_tuner(context: TrialContext, *, run_dir: Path) -> None:
+    """Continue the search saved in ``run_dir``: the sampler's history, finished trials kept.
+
+    Trials that were running when the driver died run again (or report their ``result.json``);
+    errored ones stay recorded as failed. The recorder is the one saved with the run.
+    """
+    from ray import tune
+
+    tuner = tune.Tuner.restore(
+        str((run_dir / TUNE_DIR).resolve()), trainable=_function(context),
+        resume_unfinished=True, resume_errored=False, restart_errored=False,
     )
     tuner.fit()
 

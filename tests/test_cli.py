@@ -1,4 +1,4 @@
-"""The command line: one line per user error, exit code 2, nothing created or started."""
+"""The command line as a process: `validate`, and a user error as one pinned line with exit code 2."""
 
 from __future__ import annotations
 
@@ -32,20 +32,4 @@ def test_user_error_is_one_pinned_line_and_exit_2(tmp_path):
     assert done.stdout == ""
 
 
-def test_existing_run_dir_is_refused_before_anything_runs(tmp_path):
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    (run_dir / "keep.txt").write_text("precious")
-    done = search("run", str(SMOKE), "--run-dir", str(run_dir))
-    assert done.returncode == 2
-    assert done.stderr == f"RunDirError: {run_dir}: exists already; a run is never overwritten (choose another --run-dir)\n"
-    assert [p.name for p in run_dir.iterdir()] == ["keep.txt"]
-
-
-def test_unreachable_address_is_refused_before_anything_runs(tmp_path):
-    run_dir = tmp_path / "run"
-    done = search("run", str(SMOKE), "--run-dir", str(run_dir), "--address", "127.0.0.1:9")
-    assert done.returncode == 2
-    assert done.stderr.startswith("ClusterError: --address 127.0.0.1:9: no Ray head answers there")
-    assert done.stderr.count("\n") == 1
-    assert not run_dir.exists()
+# Every other kind of bad input has its own test in tests/test_bad_input.py.

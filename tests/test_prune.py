@@ -7,11 +7,11 @@ from search.compat import keras, tf
 from search.errors import SpaceError
 from search.model.yolov4_tiny import build_yolov4_tiny
 from search.prune import (
+    MIN_PRUNING_STEPS,
     SCHEDULES,
     UNPRUNED_CONVS,
     PruningSpec,
     is_pruned_layer,
-    measured_sparsity,
     prune,
     prune_and_fine_tune,
     pruning_timing,
@@ -19,7 +19,7 @@ from search.prune import (
 
 RESOLUTION = 64
 NUM_CLASSES = 2
-STEPS = 20
+STEPS = MIN_PRUNING_STEPS  # the shortest fine-tune allowed must still reach every target
 
 SPECS = {
     "none": PruningSpec(),
@@ -133,3 +133,64 @@ def test_timing_is_fitted_to_the_fine_tune():
 def test_invalid_specs_raise_space_error(fields, message):
     with pytest.raises(SpaceError, match=message):
         PruningSpec(**fields)
+
+
+# --- Each schedule as TFMOT runs it, per layer, and what pruning leaves in the converted file.
+
+
+def _layer_sparsities(model) -> dict[str, float]:
+    return {
+        layer.name: float(np.mean(layer.kernel.numpy() == 0.0)) for layer in model.layers if is_pruned_layer(layer)
+    }
+
+
+@pytest.mark.parametrize("name", ["constant", "polynomial_decay"])
+def test_every_pruned_layer_reaches_the_target(fine_tuned, name):
+    # TFMOT prunes each layer to the schedule's sparsity: a whole-model average could hide an
+    # unpruned layer behind an over-pruned one.
+    sparsities = _layer_sparsities(fine_tuned[name][0])
+    assert len(sparsities) == 19
+    for layer, sparsity in sparsities.items():
+        assert sparsity == pytest.approx(SPECS[name].sparsity, abs=0.02), layer
+
+
+def test_schedules_follow_their_curves():
+    timing = pruning_timing(steps=STEPS)
+    mask_steps = range(timing.begin_step, timing.end_step + 1, timing.frequency)
+
+    def curve(name):
+        schedule = SCHEDULES[name].build(SPECS[name], timing)
+        return [float(schedule(tf.constant(step, tf.int64))[1]) for step in mask_steps]
+
+    assert curve("constant") == pytest.approx([0.5] * len(mask_steps))
+    polynomial = curve("polynomial_decay")
+    spec = SPECS["polynomial_decay"]
+    assert polynomial[0] == pytest.approx(spec.initial_sparsity)  # starts at the initial sparsity
+    assert polynomial[-1] == pytest.approx(spec.target_sparsity)  # and ends on the target, on a mask update
+    assert all(a < b for a, b in zip(polynomial, polynomial[1:]))  # rising at every update
+    # power 3: most of the pruning happens early, so halfway it is past the midpoint of the ramp
+    halfway = polynomial[len(polynomial) // 2]
+    assert halfway > (spec.initial_sparsity + spec.target_sparsity) / 2
+
+
+def test_two_of_four_holds_in_every_layer_not_only_on_average(fine_tuned):
+    # Every block of 4 along the input channels keeps at most 2 weights, so each layer whose input
+    # channels are a multiple of 4 is exactly half zeros (at least; a pruned-away weight may be 0).
+    model, _ = fine_tuned["2:4"]
+    for layer in filter(is_pruned_layer, model.layers):
+        sparsity = float(np.mean(layer.kernel.numpy() == 0.0))
+        if layer.kernel.shape[2] % 4 == 0:
+            assert 0.5 <= sparsity < 0.52, layer.name
+        else:  # conv_0: 3 input channels, one partial block per output
+            assert sparsity >= 1 / 3 - 1e-9, layer.name
+
+
+def test_pruned_zeros_survive_conversion_and_shrink_the_gzip_size(fine_tuned):
+    from objectives.size import gzip_size_bytes
+    from search.quantize import convert
+
+    dense = convert(fine_tuned["none"][0], mode="float32").content
+    pruned = convert(fine_tuned["constant"][0], mode="float32").content
+    # TFLite stores zeros densely: the same file size, but half the kernel bytes compress away.
+    assert abs(len(pruned) - len(dense)) < 0.01 * len(dense)
+    assert gzip_size_bytes(pruned) < 0.7 * gzip_size_bytes(dense)

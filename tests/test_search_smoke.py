@@ -19,10 +19,14 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory) -> tuple[Path, list[str]]:
     tmp = tmp_path_factory.mktemp("smoke")
-    space = load_space(ROOT / "spaces" / "smoke.yaml", (f"storage.cache_dir={tmp / 'cache'}",))
     lines: list[str] = []
-    run_dir = run_search(space, run_dir=tmp / "run", echo=lines.append)
-    return run_dir, lines
+    # Relative paths, as a user types them: Ray runs trials in other working directories, so this
+    # fails unless every path is made absolute where the space is read.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp)
+        space = load_space(ROOT / "spaces" / "smoke.yaml", ("storage.cache_dir=cache",))
+        run_dir = run_search(space, run_dir=Path("run"), echo=lines.append)
+    return tmp / run_dir, lines
 
 
 def read_csv(path: Path) -> list[dict]:

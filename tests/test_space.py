@@ -140,3 +140,11 @@ def test_two_four_structure_never_asks_for_a_target_sparsity():
             structures.add(params["pruning_structure"])
             assert ("target_sparsity" in params) == (params["pruning_structure"] == "unstructured"), params
     assert structures == {"unstructured", "2:4"}
+
+
+def test_relative_paths_become_absolute_against_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    space = load_space(ROOT / "spaces" / "smoke.yaml", ("storage.cache_dir=c", "data.path=d/data.yaml", "model.weights=w.weights"))
+    assert space.cache_dir == str(tmp_path / "c")
+    assert space.data.path == str(tmp_path / "d" / "data.yaml")
+    assert space.model.weights == str(tmp_path / "w.weights")

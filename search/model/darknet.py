@@ -3,7 +3,8 @@
 The model of ``search.model.yolov4_tiny`` names each convolution ``conv_{i}`` (and its batch norm
 ``bn_{i}``) after its Darknet layer index, so a weights file maps onto it by walking the
 convolutions in index order. Every check happens before the first weight is assigned: a bad file
-raises ``WeightsError`` and leaves the model as it was.
+raises ``WeightsError`` and leaves the model as it was. ``check_darknet_files`` makes the same
+checks from the cfg text, the header and the file size alone, before anything is built or run.
 
 Weights file layout (Darknet's ``load_weights``): int32 ``major, minor, revision``; ``seen`` as
 int64 when ``major*10 + minor >= 2 and major < 1000``, else int32; then, for each convolution in
@@ -26,6 +27,8 @@ from search.model.yolov4_tiny import ANCHORS, MASKS, SCALE_X_Y, build_yolov4_tin
 _MAX_MAJOR, _MAX_MINOR, _MAX_REVISION = 1, 20, 10_000
 # What `save_darknet_weights` writes: AlexeyAB's current header, with a 64-bit `seen`.
 _SAVED_HEADER = (0, 2, 5)
+# What a Keras .h5 starts with: the likeliest wrong file to be given as Darknet weights.
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
 # The two head convolutions: their filters follow the class count, so the check derives them.
 _CONV_HEAD = {"size": "1", "stride": "1", "pad": "1", "activation": "linear"}
@@ -207,10 +210,10 @@ def check_yolov4_tiny_cfg(sections: list[dict], path) -> tuple[int, tuple[tuple[
     return classes_per_head[0], ANCHORS
 
 
-def _read_header(raw: bytes, path: Path) -> int:
-    """Check the header and return its size in bytes (12 + 8 or 4 for ``seen``)."""
-    if len(raw) < 16:
-        raise WeightsError(f"not a Darknet weights file: {len(raw)} bytes is shorter than its header ({path})")
+def _read_header(raw: bytes, path: Path, *, total: int) -> int:
+    """Check the header (``raw`` is at least its first 16 bytes) and return its size in bytes (12 + 8 or 4 for ``seen``)."""
+    if total < 16 or len(raw) < 16:
+        raise WeightsError(f"not a Darknet weights file: {total} bytes is shorter than its header ({path})")
     major, minor, revision = (int(v) for v in np.frombuffer(raw, "<i4", count=3))
     if not (0 <= major <= _MAX_MAJOR and 0 <= minor <= _MAX_MINOR and 0 <= revision <= _MAX_REVISION):
         raise WeightsError(
@@ -232,14 +235,75 @@ def _floats_needed(model: keras.Model) -> int:
     return sum(shape[-1] * (4 if bn else 1) + int(np.prod(shape)) for _, bn, shape in _conv_shapes(model))
 
 
-def _classes_hint(model: keras.Model, *, num_classes: int, found: int, needed: int) -> str:
+def darknet_float_count(*, num_classes: int) -> int:
+    """float32 values after the header of a YOLOv4-tiny ``.weights`` file at ``num_classes``.
+
+    Counted from ``YOLOV4_TINY_LAYERS`` (channels followed through routes, groups and pools), so
+    a file's size can be checked before any Keras model is built: 6,062,814 at 80 classes.
+    """
+    channels: list[int] = []
+    count, previous = 0, 3
+    for index, (kind, settings) in enumerate(YOLOV4_TINY_LAYERS):
+        if kind == "convolutional":
+            settings = settings or {"filters": str(len(MASKS[0]) * (num_classes + 5)), **_CONV_HEAD}
+            filters, size = int(settings["filters"]), int(settings["size"])
+            per_filter_extra = 4 if settings.get("batch_normalize") == "1" else 1  # beta, gamma, mean, var | bias
+            count += filters * (previous * size * size + per_filter_extra)
+            previous = filters
+        elif kind == "route":
+            sources = [index + v if v < 0 else v for v in _ints(settings["layers"])]
+            previous = sum(channels[i] for i in sources) // int(settings.get("groups", "1"))
+        channels.append(previous)  # maxpool, upsample and yolo keep their input's channels
+    return count
+
+
+def _classes_hint(*, num_classes: int, found: int, needed: int) -> str:
     """'; that size fits N classes' when ``found`` floats are this network at another class count."""
-    # Each class adds one output channel per anchor to both heads: weights + bias per channel.
-    per_class = sum(len(MASKS[0]) * (int(np.prod(shape[:-1])) + 1) for _, bn, shape in _conv_shapes(model) if not bn)
+    per_class = darknet_float_count(num_classes=num_classes + 1) - needed
     extra, remainder = divmod(found - needed, per_class)
     if remainder == 0 and num_classes + extra >= 1:
         return f"; that size fits {num_classes + extra} classes"
     return ""
+
+
+def _check_weights_file(path: Path, *, needed: int, num_classes: int) -> int:
+    """Raise ``WeightsError`` unless ``path`` is a Darknet file of exactly ``needed`` floats; return the header size.
+
+    Reads the first 20 bytes and the file size only, so it is as quick for a 24 MB file as for a tiny one.
+    """
+    if not path.is_file():
+        raise WeightsError(f"Darknet weights file not found: {path}")
+    with path.open("rb") as f:
+        head = f.read(20)
+    if head.startswith(_HDF5_MAGIC):
+        raise WeightsError(f"not a Darknet weights file: it is HDF5 (Keras .h5?); model.weights takes Darknet .weights ({path})")
+    total = path.stat().st_size
+    header_size = _read_header(head, path, total=total)
+    found, leftover_bytes = divmod(total - header_size, 4)
+    if found < needed:
+        raise WeightsError(
+            f"truncated Darknet weights: YOLOv4-tiny at {num_classes} classes needs {needed:,} float32 after the "
+            f"{header_size}-byte header, but the file holds {found:,} ({path})"
+        )
+    if found > needed or leftover_bytes:
+        hint = _classes_hint(num_classes=num_classes, found=found, needed=needed) if not leftover_bytes else ""
+        raise WeightsError(
+            f"wrong size for these Darknet weights: YOLOv4-tiny at {num_classes} classes needs {needed:,} float32 "
+            f"after the {header_size}-byte header, but the file holds {total - header_size:,} bytes "
+            f"({found:,} float32){hint}; is it for another network or class count? ({path})"
+        )
+    return header_size
+
+
+def check_darknet_files(cfg_path, weights_path) -> int:
+    """Check a cfg and its weights without building a model; return the cfg's class count.
+
+    The cfg must be YOLOv4-tiny's (``check_yolov4_tiny_cfg``), the weights file must have a Darknet
+    header and exactly the size that class count needs. Raises ``WeightsError``, one line each.
+    """
+    num_classes, _ = check_yolov4_tiny_cfg(parse_cfg(cfg_path), cfg_path)
+    _check_weights_file(Path(weights_path), needed=darknet_float_count(num_classes=num_classes), num_classes=num_classes)
+    return num_classes
 
 
 def load_darknet_weights(model: keras.Model, weights_path) -> None:
@@ -249,25 +313,10 @@ def load_darknet_weights(model: keras.Model, weights_path) -> None:
     Darknet's, or it holds fewer or more floats than the model needs.
     """
     path = Path(weights_path)
-    if not path.is_file():
-        raise WeightsError(f"Darknet weights file not found: {path}")
-    raw = path.read_bytes()
-    header_size = _read_header(raw, path)
     needed = _floats_needed(model)
-    found, leftover_bytes = divmod(len(raw) - header_size, 4)
     num_classes = model.outputs[0].shape[-1] // len(MASKS[0]) - 5
-    if found < needed:
-        raise WeightsError(
-            f"truncated Darknet weights: YOLOv4-tiny at {num_classes} classes needs {needed:,} float32 after the "
-            f"{header_size}-byte header, but the file holds {found:,} ({path})"
-        )
-    if found > needed or leftover_bytes:
-        hint = _classes_hint(model, num_classes=num_classes, found=found, needed=needed) if not leftover_bytes else ""
-        raise WeightsError(
-            f"wrong size for these Darknet weights: YOLOv4-tiny at {num_classes} classes needs {needed:,} float32 "
-            f"after the {header_size}-byte header, but the file holds {len(raw) - header_size:,} bytes "
-            f"({found:,} float32){hint}; is it for another network or class count? ({path})"
-        )
+    header_size = _check_weights_file(path, needed=needed, num_classes=num_classes)
+    raw = path.read_bytes()
 
     floats = np.frombuffer(raw, "<f4", count=needed, offset=header_size)
     assignments, cursor = [], 0

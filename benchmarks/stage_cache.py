@@ -1,0 +1,69 @@
+"""What the stage cache saves: one full trial (prune + fine-tune computed) against the same trial
+with the stage found in the cache. Prints both trials' stage timings and the cost ratio; the
+issue's goal is a cached trial at most 15% of a full one.
+
+    .venv/bin/python benchmarks/stage_cache.py                      # the full space's settings
+    .venv/bin/python benchmarks/stage_cache.py --space spaces/smoke.yaml --resolution 64
+
+The base weights are untrained (the timing does not depend on them), the data is the space's.
+Timings on a shared machine are noisy: run it on an idle one for numbers to quote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+STAGES = ("time_build_s", "time_fine_tune_s", "time_convert_s", "time_evaluate_s", "time_latency_s")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--space", default="spaces/yolov4_tiny.yaml")
+    parser.add_argument("--resolution", type=int, default=160)  # the middle of the full space's choices
+    parser.add_argument("--quantization", default="int8")
+    parser.add_argument("--calibration-size", type=int, default=64)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+
+    from search.compat import set_threads
+    from search.inputs import load_data
+    from search.model.yolov4_tiny import build_yolov4_tiny
+    from search.space import load_space
+    from search.trial import TrialContext, TrialParams, run_trial
+
+    space = load_space(args.space, tuple(args.overrides))
+    set_threads(space.budget.cpus_per_trial)
+    dataset = load_data(space)
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp) / "base.h5"
+        build_yolov4_tiny(num_classes=dataset.num_classes, resolution=args.resolution).save_weights(str(weights))
+        context = TrialContext(space=space, dataset=dataset, base_weights=str(weights),
+                               artifacts_dir=str(Path(tmp) / "trials"), stages_dir=str(Path(tmp) / "stages"))
+        params = TrialParams(
+            resolution=args.resolution, pruning_schedule="polynomial_decay", target_sparsity=0.5,
+            pruning_structure="unstructured", quantization=args.quantization,
+            calibration_size=args.calibration_size if args.quantization in space.calibrating_modes else None,
+        )
+        print(f"{args.space}: {params.describe()}, fine-tune {space.fine_tune.steps} steps x {space.fine_tune.batch_size}, "
+              f"{len(dataset.val.examples)} val images, {space.budget.cpus_per_trial} thread(s)")
+        full = run_trial(params, context, trial_id="full")
+        cached = run_trial(params, context, trial_id="cached")
+
+    assert (full["stage_cache"], cached["stage_cache"]) == ("miss", "hit")
+    for trial in (full, cached):
+        trial["time_total_s"] = sum(trial[stage] for stage in STAGES)
+    print(f"{'stage':<18}{'full':>10}{'cached':>10}")
+    for stage in (*STAGES, "time_total_s"):
+        print(f"{stage:<18}{full[stage]:>9.1f}s{cached[stage]:>9.1f}s")
+    ratio = cached["time_total_s"] / full["time_total_s"]
+    print(f"cached / full trial: {ratio:.1%} (goal <= 15%); fine-tune alone: "
+          f"{cached['time_fine_tune_s'] / full['time_fine_tune_s']:.1%}")
+
+
+if __name__ == "__main__":
+    main()

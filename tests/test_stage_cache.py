@@ -1,0 +1,137 @@
+"""The prune + fine-tune stage cache: computed once across processes, shared by trials, never stuck."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from search.inputs import load_data
+from search.space import load_space
+from search.stage_cache import CARD, WEIGHTS, cached_stage
+from search.trial import TrialContext, TrialParams, run_trial, trial_stage_key
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A process that asks for one stage whose computation takes a while and counts itself.
+COMPETITOR = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from search.stage_cache import cached_stage
+
+    root, counter = Path(sys.argv[1]), Path(sys.argv[2])
+
+    def compute(weights):
+        with counter.open("a") as f:
+            f.write("computed\\n")
+        time.sleep(2.0)
+        weights.write_bytes(b"weights")
+        return 0.5
+
+    stage = cached_stage(root, "k", compute, poll_s=0.1)
+    print("hit" if stage.hit else "miss", stage.sparsity, stage.weights.read_bytes().decode())
+""")
+
+
+def test_two_processes_needing_the_same_stage_compute_it_once(tmp_path):
+    counter = tmp_path / "count.txt"
+    runs = [subprocess.Popen([sys.executable, "-c", COMPETITOR, str(tmp_path / "stages"), str(counter)],
+                             cwd=ROOT, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = sorted(p.communicate(timeout=60)[0].strip() for p in runs)
+    assert counter.read_text() == "computed\n"
+    assert outputs == ["hit 0.5 weights", "miss 0.5 weights"]
+    assert not (tmp_path / "stages" / "k.lock").exists()
+
+
+def test_a_dead_holders_lock_is_broken(tmp_path):
+    root = tmp_path / "stages"
+    root.mkdir()
+    lock = root / "k.lock"
+    lock.write_text("{}")  # a holder that died: nobody touches the lock any more
+    os.utime(lock, (time.time() - 120, time.time() - 120))
+    stage = cached_stage(root, "k", lambda weights: weights.write_bytes(b"w") and 0.25, stale_after_s=60, poll_s=0.05)
+    assert not stage.hit and stage.sparsity == 0.25 and stage.weights.read_bytes() == b"w"
+
+
+def test_a_live_holders_lock_is_waited_for(tmp_path):
+    root = tmp_path / "stages"
+    root.mkdir()
+    (root / "k.lock").write_text("{}")  # fresh: its holder is computing
+    with pytest.raises(TimeoutError):
+        _with_deadline(lambda: cached_stage(root, "k", lambda w: 0.0, stale_after_s=60, poll_s=0.05), seconds=1.0)
+
+
+def _with_deadline(call, *, seconds: float):
+    import signal
+
+    def expire(*_):
+        raise TimeoutError
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        return call()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_failed_computation_releases_the_lock_and_caches_nothing(tmp_path):
+    root = tmp_path / "stages"
+
+    def broken(weights):
+        raise RuntimeError("fine-tune diverged")
+
+    with pytest.raises(RuntimeError, match="diverged"):
+        cached_stage(root, "k", broken)
+    assert not (root / "k.lock").exists() and not (root / "k" / CARD).exists()
+    assert not cached_stage(root, "k", lambda w: w.write_bytes(b"w") and 0.0).hit
+
+
+@pytest.fixture(scope="module")
+def context(tmp_path_factory) -> TrialContext:
+    from search.model.yolov4_tiny import build_yolov4_tiny
+
+    tmp = tmp_path_factory.mktemp("stage")
+    space = load_space(ROOT / "spaces" / "smoke.yaml", (f"storage.cache_dir={tmp / 'cache'}", "fine_tune.steps=10"))
+    dataset = load_data(space)
+    weights = tmp / "base.h5"
+    build_yolov4_tiny(num_classes=dataset.num_classes, resolution=64).save_weights(str(weights))
+    return TrialContext(space=space, dataset=dataset, base_weights=str(weights), artifacts_dir=str(tmp / "trials"),
+                        stages_dir=str(tmp / "stages"))
+
+
+def test_trials_differing_only_in_quantization_share_one_fine_tune(context):
+    pruned = TrialParams(resolution=64, pruning_schedule="polynomial_decay", target_sparsity=0.5,
+                         pruning_structure="unstructured", quantization="float32")
+    first = run_trial(pruned, context, trial_id="first")
+    second = run_trial(replace(pruned, quantization="float16"), context, trial_id="second")
+
+    assert (first["stage_cache"], second["stage_cache"]) == ("miss", "hit")
+    assert len(list(Path(context.stages_dir).glob(f"*/{WEIGHTS}"))) == 1
+    assert second["sparsity"] == first["sparsity"] > 0.45
+    assert second["time_fine_tune_s"] < first["time_fine_tune_s"] / 3
+    # The cached weights are the fine-tuned ones, not the base: float16 halves the same float32 model.
+    assert 0.45 < second["size_bytes"] / first["size_bytes"] < 0.55
+
+
+def test_the_stage_key_holds_what_the_stage_depends_on_and_nothing_after(context):
+    from search.prune import PruningSpec
+
+    pruned = TrialParams(resolution=64, pruning_schedule="polynomial_decay", target_sparsity=0.5,
+                         pruning_structure="unstructured", quantization="float32")
+    spec = PruningSpec(schedule="polynomial_decay", target_sparsity=0.5, structure="unstructured")
+    key = trial_stage_key(pruned, context, spec)
+    assert key == trial_stage_key(replace(pruned, quantization="int8", calibration_size=8), context, spec)
+    assert key != trial_stage_key(replace(pruned, resolution=96), context, spec)
+    assert key != trial_stage_key(pruned, context, replace(spec, target_sparsity=0.3))
+    other_fine_tune = replace(context.space, fine_tune=replace(context.space.fine_tune, steps=11))
+    assert key != trial_stage_key(pruned, replace(context, space=other_fine_tune), spec)
+    other_seed = replace(context.space, budget=replace(context.space.budget, seed=1))
+    assert key != trial_stage_key(pruned, replace(context, space=other_seed), spec)
