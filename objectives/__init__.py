@@ -33,6 +33,9 @@ OBJECTIVES: dict[str, Objective] = {
         Objective("size_gzip_bytes", MINIMIZE, "size", "bytes", "size of the .tflite file after gzip (level 6; shows unstructured sparsity)"),
         Objective("latency_ms", MINIMIZE, "latency", "ms", "median latency of one invoke in the LiteRT interpreter"),
         Objective("latency_p90_ms", MINIMIZE, "latency", "ms", "90th-percentile latency of one invoke in the LiteRT interpreter"),
+        # Only resolution changes it (TFLite's CPU kernels compute zeroed weights all the same): a
+        # machine-independent cost when resolution is searched, flat otherwise.
+        Objective("macs", MINIMIZE, "latency", "MACs", "multiply-accumulates of one forward pass at the trial's resolution (dense count)"),
     )
 }
 

@@ -26,7 +26,7 @@ from search.trial import TrialParams
 
 PARAMS = tuple(f"param.{name}" for name in TrialParams.__dataclass_fields__)
 METRICS = ("map50", "map", "size_bytes", "size_gzip_bytes", "latency_ms", "latency_p90_ms", "latency_spread",
-           "latency_runs", "latency_threads", "sparsity", "audit", "float_layers", "calibration_s")
+           "latency_runs", "latency_threads", "macs", "sparsity", "audit", "float_layers", "calibration_s")
 TIMINGS = ("time_build_s", "time_fine_tune_s", "time_qat_s", "time_convert_s", "time_error_report_s", "time_evaluate_s",
            "time_latency_s", "time_total_s")
 # stage_cache: whether the prune + fine-tune stage was computed ("miss") or reused ("hit");
@@ -41,11 +41,12 @@ def row_for(trial_id: str, config: dict[str, Any], result: dict[str, Any] | None
     for name in TrialParams.__dataclass_fields__:
         row[f"param.{name}"] = config.get(name, "")
     result = result or {}
-    for key in (*METRICS, *STAGE, *TIMINGS, *PLACE, "model_path"):
+    for key in (*METRICS, *STAGE, *TIMINGS[:-1], *PLACE, "model_path"):
         value = result.get(key)
         row[key] = "" if value is None else value
-    if not row["time_total_s"]:
-        row["time_total_s"] = round(sum(float(result.get(t) or 0) for t in TIMINGS[:-1]), 3) if result else ""
+    # The pipeline's own time, not Tune's `time_total_s` (the actor's, which a resumed trial resets).
+    stages = [float(result[t]) for t in TIMINGS[:-1] if result.get(t) is not None]  # a mode has the stages it needs
+    row["time_total_s"] = round(sum(stages), 3) if stages else ""
     return row
 
 

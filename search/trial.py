@@ -104,6 +104,7 @@ def trial_stage_key(params: TrialParams, context: TrialContext, pruning) -> str:
 def run_trial(params: TrialParams, context: TrialContext, *, trial_id: str) -> dict[str, Any]:
     from objectives.accuracy import measure_accuracy
     from objectives.latency import measure_latency
+    from objectives.macs import count_macs
     from objectives.size import gzip_size_bytes, size_bytes
     from search.data.preprocess import split_arrays
     from search.model.yolov4_tiny import build_yolov4_tiny
@@ -120,12 +121,13 @@ def run_trial(params: TrialParams, context: TrialContext, *, trial_id: str) -> d
     out_dir.mkdir(parents=True, exist_ok=True)
     timer = StageTimer()
     preprocessing = space.data.preprocessing
-    train = split_arrays(data.train, resolution=params.resolution, mode=preprocessing)
 
     # 1. Build the detector at the trial's resolution with the base weights.
     with timer("build"), shared():
+        train = split_arrays(data.train, resolution=params.resolution, mode=preprocessing)
         model = build_yolov4_tiny(num_classes=data.num_classes, resolution=params.resolution)
         model.load_weights(context.base_weights)
+        macs = count_macs(model)  # deterministic cost: the same on every machine
 
     # 2. Prune (or not) while fine-tuning on the training split, then strip the wrappers.
     pruning = PruningSpec(
@@ -202,6 +204,7 @@ def run_trial(params: TrialParams, context: TrialContext, *, trial_id: str) -> d
         "latency_runs": latency.runs,
         "latency_threads": latency.num_threads,
         "cpu_model": latency.cpu_model,
+        "macs": macs,
         "sparsity": round(float(sparsity), 4),
         "audit": converted.audit.summary(),
         "float_layers": ";".join(converted.float_layers),
