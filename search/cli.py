@@ -42,9 +42,13 @@ def validate_command(args: argparse.Namespace) -> int:
     from search.space import load_space
 
     space = load_space(args.space, tuple(args.overrides))
+    from search.inputs import check_model_files
+
+    classes = check_model_files(space)  # header and size of Darknet files; no model is built
     dims = ", ".join(f"{d.name}={list(d.values) if d.kind != 'float' else f'{d.low}..{d.high}'}" for d in space.search.all())
     print(f"{space.path}: valid. search: {dims}; objectives: "
-          f"{', '.join(f'{o.name} ({o.direction})' for o in space.objectives)}; budget: {space.budget.trials} trials")
+          f"{', '.join(f'{o.name} ({o.direction})' for o in space.objectives)}; budget: {space.budget.trials} trials"
+          + (f"; model: {space.model.cfg} ({classes} classes)" if classes else ""))
     return 0
 
 

@@ -104,7 +104,6 @@ def test_bad_model_file_is_one_line_before_anything_runs(case, files, tmp_path, 
     assert not run_dir.exists() and not (tmp_path / "cache").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="cli.validate_command does not call search.inputs.check_model_files yet")
 def test_validate_checks_the_model_files(files, tmp_path, capsys):
     code = main(["validate", str(SMOKE), *_overrides(files, "cfg", "truncated", tmp_path)])
     assert code == 2 and capsys.readouterr().err.startswith("WeightsError: truncated Darknet weights")
