@@ -21,6 +21,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 STAGES = ("time_build_s", "time_fine_tune_s", "time_convert_s", "time_evaluate_s", "time_latency_s")
 
 
+def _trial(params, context, trial_id: str) -> dict:
+    from search.compat import set_threads
+    from search.trial import run_trial
+
+    set_threads(context.space.budget.cpus_per_trial)
+    return run_trial(params, context, trial_id=trial_id)
+
+
+def _in_fresh_process(params, context, trial_id: str) -> dict:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_trial, params, context, trial_id).result()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--space", default="spaces/yolov4_tiny.yaml")
@@ -30,14 +46,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
 
-    from search.compat import set_threads
     from search.inputs import load_data
     from search.model.yolov4_tiny import build_yolov4_tiny
     from search.space import load_space
-    from search.trial import TrialContext, TrialParams, run_trial
+    from search.trial import TrialContext, TrialParams
 
     space = load_space(args.space, tuple(args.overrides))
-    set_threads(space.budget.cpus_per_trial)
     dataset = load_data(space)
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "base.h5"
@@ -51,8 +65,9 @@ def main(argv: list[str] | None = None) -> None:
         )
         print(f"{args.space}: {params.describe()}, fine-tune {space.fine_tune.steps} steps x {space.fine_tune.batch_size}, "
               f"{len(dataset.val.examples)} val images, {space.budget.cpus_per_trial} thread(s)")
-        full = run_trial(params, context, trial_id="full")
-        cached = run_trial(params, context, trial_id="cached")
+        # Each trial in a fresh process, as under Ray: the cached one gets no warm TensorFlow from the first.
+        full = _in_fresh_process(params, context, "full")
+        cached = _in_fresh_process(params, context, "cached")
 
     assert (full["stage_cache"], cached["stage_cache"]) == ("miss", "hit")
     for trial in (full, cached):

@@ -98,7 +98,7 @@ def run_search(space: Space, *, run_dir: Path | None = None, address: str | None
     artifacts, stages = trial_storage(space, run_dir)
     info: dict[str, Any] = {
         "status": "running", "started": _now(), "finished": None,
-        "space": space.to_dict(), "space_file": space.path, "space_sha256": space.sha256,
+        "space": space.to_dict(), "space_file": str(Path(space.path).resolve()), "space_sha256": space.sha256,
         "overrides": list(space.overrides),
         "objectives": {o.name: o.direction for o in space.objectives},
         "data": {"source": dataset.source, "classes": list(dataset.names), "train_images": len(dataset.train.examples),

@@ -40,6 +40,7 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 CHECKPOINT_PERIOD_S = "1"
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", CHECKPOINT_PERIOD_S)
 RESULT = "result.json"  # a trial's own record, next to its .tflite
+TUNE_DIR = "tune"  # Tune's experiment state (and the saved sampler), inside the run directory
 
 
 def make_sampler(space: Space):
@@ -139,8 +140,6 @@ def run_tuner(space: Space, context: TrialContext, *, run_dir: Path, recorder: T
     )
     tuner.fit()
 
-
-TUNE_DIR = "tune"
 
 
 def can_resume_tuner(run_dir: Path) -> bool:

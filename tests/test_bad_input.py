@@ -168,3 +168,18 @@ def test_resume_of_something_that_is_not_a_run(capsys, tmp_path):
     line = run_fails(capsys, "resume", str(tmp_path / "nothing"))
     assert line == (f"RunDirError: {tmp_path / 'nothing'}: not a run directory that can be resumed "
                     "(no readable run.json: No such file or directory)")
+
+
+def test_resume_of_a_finished_run(capsys, tmp_path):
+    (tmp_path / "run.json").write_text('{"status": "finished", "completed_trials": 3}')
+    line = run_fails(capsys, "resume", str(tmp_path))
+    assert line == (f"RunDirError: {tmp_path}: finished already (3 completed trials); nothing to resume "
+                    "(start a new run to search more)")
+
+
+def test_resume_after_the_space_file_changed(capsys, tmp_path):
+    space = space_with(tmp_path, "trials: 3", "trials: 4")
+    (tmp_path / "run.json").write_text(f'{{"status": "running", "space_file": "{space}", "space_sha256": "{"0" * 64}"}}')
+    line = run_fails(capsys, "resume", str(tmp_path))
+    assert line.startswith(f"SpaceError: {space}: changed since the run started (sha256 ")
+    assert line.endswith("was 000000000000); a resumed search must use the same space")
