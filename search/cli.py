@@ -38,6 +38,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _describe(dimension) -> str:
+    if dimension.kind in ("fixed", "choices"):
+        return str(list(dimension.values)) if dimension.kind == "choices" else repr(dimension.values[0])
+    low, high = (int(dimension.low), int(dimension.high)) if dimension.kind == "int" else (dimension.low, dimension.high)
+    return f"{low}..{high}" + (" (log)" if dimension.log else "") + (f" step {dimension.step:g}" if dimension.step else "")
+
+
 def validate_command(args: argparse.Namespace) -> int:
     from search.space import load_space
 
@@ -45,7 +52,7 @@ def validate_command(args: argparse.Namespace) -> int:
     from search.inputs import check_model_files
 
     classes = check_model_files(space)  # header and size of Darknet files; no model is built
-    dims = ", ".join(f"{d.name}={list(d.values) if d.kind != 'float' else f'{d.low}..{d.high}'}" for d in space.search.all())
+    dims = ", ".join(f"{d.name}={_describe(d)}" for d in space.search.all())
     print(f"{space.path}: valid. search: {dims}; objectives: "
           f"{', '.join(f'{o.name} ({o.direction})' for o in space.objectives)}; budget: {space.budget.trials} trials"
           + (f"; model: {space.model.cfg} ({classes} classes)" if classes else ""))
@@ -58,14 +65,28 @@ def run_command(args: argparse.Namespace) -> int:
 
     storage = (f"storage.path={args.storage}",) if args.storage else ()
     space = load_space(args.space, (*args.overrides, *storage))
-    run_search(space, run_dir=args.run_dir, address=args.address)
-    return 0
+    return _outcome(run_search(space, run_dir=args.run_dir, address=args.address))
 
 
 def resume_command(args: argparse.Namespace) -> int:
     from search.runner import resume_search
 
-    resume_search(args.run_dir, address=args.address)
+    return _outcome(resume_search(args.run_dir, address=args.address))
+
+
+EXIT_NO_COMPLETED_TRIAL = 1
+
+
+def _outcome(run_dir) -> int:
+    """0 when the search has a front; 1 when every trial failed (the run is still all on disk)."""
+    import json
+    from pathlib import Path
+
+    info = json.loads((Path(run_dir) / "run.json").read_text())
+    if info.get("completed_trials", 0) == 0:
+        print(f"NoCompletedTrial: all {info.get('failed_trials', 0)} trials failed; their errors are in "
+              f"{Path(run_dir) / 'trials.csv'}", file=sys.stderr)
+        return EXIT_NO_COMPLETED_TRIAL
     return 0
 
 

@@ -87,6 +87,14 @@ def check_against_space(dataset: Dataset, space: Space, *, cfg_classes: int | No
             f"{space.model.cfg}: the cfg has classes={cfg_classes} but the data ({dataset.source}) has "
             f"{dataset.num_classes} names; they must agree (model.cfg, data.path)"
         )
+    from search.prune import MIN_PRUNING_STEPS
+
+    if set(space.search.pruning_schedule.values) != {"none"} and space.fine_tune.steps < MIN_PRUNING_STEPS:
+        # Not a trial's failure but the space's: every pruned trial would fail the same way.
+        raise SpaceError(
+            f"{space.path}: fine_tune.steps: must be >= {MIN_PRUNING_STEPS} when search.pruning.schedule can "
+            f"prune (the mask ramps up over the fine-tune, then the model recovers), but got {space.fine_tune.steps}"
+        )
     calibration = space.search.calibration_size
     largest = max(calibration.values) if calibration.kind != "float" else calibration.high
     n_train = len(dataset.train.examples)

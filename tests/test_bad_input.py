@@ -89,6 +89,24 @@ def test_calibration_size_larger_than_the_training_split(capsys, tmp_path, cache
     assert line.endswith(", but got 64")
 
 
+def test_fine_tune_too_short_to_prune(capsys, tmp_path, cache):
+    line = run_space(capsys, tmp_path, SMOKE, cache, "--set", "fine_tune.steps=5")
+    assert line == (f"SpaceError: {SMOKE}: fine_tune.steps: must be >= 10 when search.pruning.schedule can prune "
+                    "(the mask ramps up over the fine-tune, then the model recovers), but got 5")
+
+
+def test_a_search_whose_every_trial_failed_exits_1(capsys, tmp_path):
+    import json
+
+    from search.cli import _outcome
+
+    (tmp_path / "run.json").write_text(json.dumps({"completed_trials": 0, "failed_trials": 3}))
+    assert _outcome(tmp_path) == 1
+    assert capsys.readouterr().err.startswith("NoCompletedTrial: all 3 trials failed;")
+    (tmp_path / "run.json").write_text(json.dumps({"completed_trials": 1, "failed_trials": 2}))
+    assert _outcome(tmp_path) == 0
+
+
 def _darknet_space(tmp_path: Path, weights: Path) -> Path:
     from search.model.darknet import yolov4_tiny_cfg_text
 
