@@ -94,8 +94,9 @@ def saved_study(run_dir: Path):
     """The Optuna study inside Tune's saved searcher state: what the sampler will learn from."""
     import pickle
 
-    # One file per driver session; the last one holds the whole history.
-    state = max((run_dir / "tune").glob("searcher-state-*.pkl"), key=lambda path: path.stat().st_mtime)
+    # One file per driver session, named by the session's start time; the last one holds the whole
+    # history. Not by mtime: Tune re-syncs every state file when a session ends, so all share one.
+    state = max((run_dir / "tune").glob("searcher-state-*.pkl"), key=lambda path: path.name)
     with state.open("rb") as f:
         return _find_study(pickle.load(f))
 
