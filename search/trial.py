@@ -122,11 +122,10 @@ def run_trial(params: TrialParams, context: TrialContext, *, trial_id: str) -> d
     timer = StageTimer()
     preprocessing = space.data.preprocessing
 
-    # 1. Build the detector at the trial's resolution with the base weights.
+    # 1. Build the detector at the trial's resolution (its weights come in step 2).
     with timer("build"), shared():
         train = split_arrays(data.train, resolution=params.resolution, mode=preprocessing)
         model = build_yolov4_tiny(num_classes=data.num_classes, resolution=params.resolution)
-        model.load_weights(context.base_weights)
         macs = count_macs(model)  # deterministic cost: the same on every machine
 
     # 2. Prune (or not) while fine-tuning on the training split, then strip the wrappers.
@@ -137,7 +136,9 @@ def run_trial(params: TrialParams, context: TrialContext, *, trial_id: str) -> d
     )
     #    The result is cached by content (search.stage_cache): trials that differ only in how they
     #    are converted share it, on any node, and it is computed once even when they run together.
+    #    Only a miss needs the base weights: a hit loads the cached, fine-tuned ones instead.
     def fine_tune(weights_path: Path) -> float:
+        model.load_weights(context.base_weights)
         tuned, sparsity = prune_and_fine_tune(
             model, pruning,
             steps=space.fine_tune.steps, batch_size=space.fine_tune.batch_size,
