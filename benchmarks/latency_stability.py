@@ -5,7 +5,7 @@
 Builds YOLOv4-tiny (random weights: latency does not depend on their values) at ``--resolution``,
 converts it in ``--mode``, or takes ``--model``; then measures its latency ``--repeats`` times, each
 a full ``measure_latency`` call holding ``search.node_lock.exclusive()`` exactly as a trial does.
-With ``--with-search`` a smoke search (``spaces/smoke.yaml``, 6 trials, its own run and cache
+With ``--with-search`` a smoke search (``spaces/smoke.yaml``, 12 trials, its own run and cache
 folders) runs as a subprocess meanwhile, so the lock is really contended: each measurement waits
 for the search's running stages and holds its next ones back.
 
@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))  # run as a script from a clone
 from objectives.latency import measure_latency  # noqa: E402
 from search.node_lock import exclusive, shared  # noqa: E402
 
-SEARCH_TRIALS = 6
+SEARCH_TRIALS = 12  # enough to keep it running through every measurement
 QUIET_SPREAD = 0.15  # a measurement whose (p90 - p10) / median is above this was visibly disturbed
 SEARCH_STOP_SECONDS = 60  # after SIGINT, how long Ray Tune may take to wind down before SIGKILL
 
@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--min-runs", type=int, default=20)
+    parser.add_argument("--min-seconds", type=float, default=3.0, help="time each measurement at least this long (default 3, as the spaces)")
     parser.add_argument("--max-seconds", type=float, default=10.0)
     parser.add_argument("--tolerance", type=float, default=0.05, help="allowed (max - min) / median of medians")
     parser.add_argument("--with-search", action="store_true", help=f"run a {SEARCH_TRIALS}-trial smoke search meanwhile")
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                 waited = time.perf_counter() - asked
                 stats = measure_latency(
                     content, num_threads=args.threads, warmup=args.warmup, min_runs=args.min_runs,
-                    max_seconds=args.max_seconds,
+                    min_seconds=args.min_seconds, max_seconds=args.max_seconds,
                 )
             medians.append(stats.median_ms)
             spreads.append(stats.spread)

@@ -18,15 +18,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-STAGES = ("time_build_s", "time_fine_tune_s", "time_convert_s", "time_evaluate_s", "time_latency_s")
-
-
 def _trial(params, context, trial_id: str) -> dict:
-    from search.compat import set_threads
+    import time
+
     from search.trial import run_trial
 
-    set_threads(context.space.budget.cpus_per_trial)
-    return run_trial(params, context, trial_id=trial_id)
+    started = time.perf_counter()
+    metrics = run_trial(params, context, trial_id=trial_id)
+    # Everything the trial's process did, imports included, as a Ray worker would pay it.
+    metrics["time_wall_s"] = time.perf_counter() - started
+    return metrics
 
 
 def _in_fresh_process(params, context, trial_id: str) -> dict:
@@ -70,14 +71,16 @@ def main(argv: list[str] | None = None) -> None:
         cached = _in_fresh_process(params, context, "cached")
 
     assert (full["stage_cache"], cached["stage_cache"]) == ("miss", "hit")
+    stages = [key for key in full if key.startswith("time_") and key != "time_wall_s"]  # every stage the trial timed
     for trial in (full, cached):
-        trial["time_total_s"] = sum(trial[stage] for stage in STAGES)
+        trial["time_stages_s"] = sum(trial.get(stage, 0.0) for stage in stages)
     print(f"{'stage':<18}{'full':>10}{'cached':>10}")
-    for stage in (*STAGES, "time_total_s"):
-        print(f"{stage:<18}{full[stage]:>9.1f}s{cached[stage]:>9.1f}s")
-    ratio = cached["time_total_s"] / full["time_total_s"]
-    print(f"cached / full trial: {ratio:.1%} (goal <= 15%); fine-tune alone: "
-          f"{cached['time_fine_tune_s'] / full['time_fine_tune_s']:.1%}")
+    for stage in (*stages, "time_stages_s", "time_wall_s"):
+        print(f"{stage:<18}{full.get(stage, 0.0):>9.1f}s{cached.get(stage, 0.0):>9.1f}s")
+    ratio = cached["time_stages_s"] / full["time_stages_s"]
+    wall = cached["time_wall_s"] / full["time_wall_s"]
+    print(f"cached / full trial: {ratio:.1%} of the stages, {wall:.1%} of the wall time with imports (goal <= 15%); "
+          f"fine-tune alone: {cached['time_fine_tune_s'] / full['time_fine_tune_s']:.1%}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,10 @@
 """The export: the trial the space's rule picked, as ``export/model.tflite`` and a card that says
-how it was made and measured (``export/model.json``).
+how it was made and measured (``export/model.json``), and, when the model is calibrated int8,
+``export/quant_errors.csv``: which layers lose the most to quantization, worst first.
+
+The error report is made here, for the exported trial only (it takes 5-20 s, which every int8
+trial used to pay): the trial's Keras model is rebuilt from its cached prune + fine-tune stage
+(``stage_key`` in its row) and the same calibration images it was converted with.
 
 The folder is written beside the run as ``.export.tmp`` and renamed into place, so a killed run
 never leaves half an export, and an existing export is never overwritten.
@@ -10,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +25,8 @@ from search.model.yolov4_tiny import ANCHORS, MASKS, SCALE_X_Y, STRIDES
 from search.pareto import EXPORT_RULES
 from search.provenance import package_versions
 from search.space import Space
+from search.stage_cache import WEIGHTS
+from search.trial import TrialContext
 
 
 def _number(value: Any) -> Any:
@@ -29,11 +37,40 @@ def _number(value: Any) -> Any:
     return int(number) if number.is_integer() and "." not in str(value) else number
 
 
-def errors_exist(row: dict[str, Any]) -> bool:
-    return Path(row["model_path"]).with_name("quant_errors.csv").exists()
+ERRORS = "quant_errors.csv"
 
 
-def model_card(row: dict[str, Any], space: Space, *, names: list[str], base: dict[str, Any], data_source: str) -> dict[str, Any]:
+def write_error_report(row: dict[str, Any], context: TrialContext, path: Path) -> str | None:
+    """The per-layer quantization error of ``row``'s model, written to ``path``; None if written,
+    else why there is none (not a calibrated int8 mode, or its stage is gone from the cache)."""
+    from search.quant_debug import REPORT_MODES
+
+    mode = row.get("param.quantization")
+    if mode not in REPORT_MODES:
+        return f"mode {mode} is not calibrated int8 (reports exist for {', '.join(REPORT_MODES)})"
+    space, data = context.space, context.dataset
+    stages = Path(context.stages_dir or Path(space.shared_dir) / "stages")
+    weights = stages / str(row.get("stage_key") or "") / WEIGHTS
+    if not row.get("stage_key") or not weights.is_file():
+        return f"its fine-tuned weights are no longer in the stage cache ({weights})"
+
+    from search.compat import set_threads
+    from search.model.yolov4_tiny import build_yolov4_tiny
+    from search.quant_debug import layer_error_report, write_layer_report
+    from search.trial import calibration_images
+
+    set_threads(space.budget.cpus_per_trial)
+    resolution = int(_number(row["param.resolution"]))
+    model = build_yolov4_tiny(num_classes=data.num_classes, resolution=resolution)
+    model.load_weights(str(weights))
+    images = calibration_images(data.train, size=int(_number(row["param.calibration_size"])), seed=space.budget.seed,
+                                resolution=resolution, preprocessing=space.data.preprocessing)
+    write_layer_report(layer_error_report(model, calibration_images=images, mode=mode), path)
+    return None
+
+
+def model_card(row: dict[str, Any], space: Space, *, names: list[str], base: dict[str, Any], data_source: str,
+               error_report: str | None) -> dict[str, Any]:
     params = {k.removeprefix("param."): _number(v) for k, v in row.items() if k.startswith("param.") and v not in ("", None)}
     metrics = {name: _number(row[name]) for name in OBJECTIVES if row.get(name) not in ("", None)}
     return {
@@ -47,7 +84,7 @@ def model_card(row: dict[str, Any], space: Space, *, names: list[str], base: dic
         "achieved_sparsity": _number(row["sparsity"]),
         "audit": row["audit"],
         "float_layers": row.get("float_layers") or None,
-        "quantization_error_report": "quant_errors.csv" if errors_exist(row) else None,
+        "quantization_error_report": ERRORS if error_report is None else f"none: {error_report}",
         "how_measured": {
             "accuracy": f"pycocotools COCOeval (bbox) on the {data_source} val split; detections decoded from the "
                         f"converted model, score > {space.measure.score_threshold}, per-class NMS IoU "
@@ -55,7 +92,8 @@ def model_card(row: dict[str, Any], space: Space, *, names: list[str], base: dic
             "size": "bytes of model.tflite; size_gzip_bytes after gzip (level 6)",
             "latency": f"LiteRT interpreter (XNNPACK), {row['latency_threads']} thread(s), "
                        f"{space.measure.latency_warmup} warm-up invokes, median and p90 of {row['latency_runs']} "
-                       f"timed invokes, no other trial computing on the node (node lock)",
+                       f"timed invokes over at least {space.measure.latency_min_seconds:g} s, pinned to core(s) "
+                       f"{row.get('latency_cpus') or '?'}, no other trial computing on the node (node lock)",
             "cpu_model": row["cpu_model"],
             "latency_spread": _number(row["latency_spread"]),
         },
@@ -72,9 +110,8 @@ def model_card(row: dict[str, Any], space: Space, *, names: list[str], base: dic
     }
 
 
-def export_trial(row: dict[str, Any], space: Space, run_dir: Path, *, names: list[str], base: dict[str, Any],
-                 data_source: str) -> Path:
-    """Copy the trial's model and write its card into ``run_dir/export``; returns that folder."""
+def export_trial(row: dict[str, Any], context: TrialContext, run_dir: Path, *, base: dict[str, Any], echo=print) -> Path:
+    """Copy the trial's model, write its error report and card into ``run_dir/export``; returns that folder."""
     final = run_dir / "export"
     if final.exists():
         raise RunDirError(f"{final}: an export exists already; it is never overwritten")
@@ -82,10 +119,17 @@ def export_trial(row: dict[str, Any], space: Space, run_dir: Path, *, names: lis
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     shutil.copyfile(row["model_path"], tmp / "model.tflite")
-    errors = Path(row["model_path"]).with_name("quant_errors.csv")
-    if errors.exists():  # per-layer quantization error, worst first: why accuracy dropped
-        shutil.copyfile(errors, tmp / "quant_errors.csv")
-    card = model_card(row, space, names=names, base=base, data_source=data_source)
+    started = time.perf_counter()
+    try:
+        no_report = write_error_report(row, context, tmp / ERRORS)  # why accuracy dropped, worst layer first
+    except Exception as error:  # the debugger's failure must not cost the user the export itself
+        no_report = f"the quantization debugger failed: {type(error).__name__}: {str(error).splitlines()[0][:300]}"
+        (tmp / ERRORS).unlink(missing_ok=True)
+        echo(f"export: no per-layer error report ({no_report})")
+    if no_report is None:
+        echo(f"export: per-layer quantization error report in {time.perf_counter() - started:.0f}s")
+    space, data = context.space, context.dataset
+    card = model_card(row, space, names=list(data.names), base=base, data_source=data.source, error_report=no_report)
     (tmp / "model.json").write_text(json.dumps(card, indent=2, default=str))
     os.rename(tmp, final)
     return final

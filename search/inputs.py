@@ -62,7 +62,7 @@ def load_data(space: Space) -> Dataset:
 
         g = spec.generated
         data_yaml = generate_shapes_dataset(
-            Path(space.cache_dir) / "data" / f"shapes-s{g.seed}-{g.num_train}-{g.num_val}-{g.image_size}",
+            Path(space.shared_dir) / "data" / f"shapes-s{g.seed}-{g.num_train}-{g.num_val}-{g.image_size}",
             seed=g.seed, num_train=g.num_train, num_val=g.num_val, image_size=g.image_size,
         )
         dataset = load_yolo_dataset(data_yaml)
@@ -151,7 +151,7 @@ def base_model(space: Space, dataset: Dataset, *, progress: bool = True) -> Base
         "preprocessing": space.data.preprocessing, **origin,
     }
     key = hashlib.sha256(json.dumps(key_material, sort_keys=True).encode()).hexdigest()[:16]
-    folder = Path(space.cache_dir) / "base"
+    folder = Path(space.shared_dir) / "base"  # every node loads it when it fine-tunes
     weights, card = folder / f"{key}.h5", folder / f"{key}.json"
     if weights.exists() and card.exists():
         info = json.loads(card.read_text())

@@ -1,10 +1,14 @@
 """A node-local readers-writer lock, so that latency is measured with the node otherwise idle.
 
-Compute stages (fine-tune, conversion, evaluation) hold the lock ``shared``: any number run
-together. A latency measurement holds it ``exclusive``: it waits until no other trial on this
-machine is computing, and no trial starts a stage until it is done. Without this, a trial timing
-its model on one core while another fine-tunes on the other reports whatever the memory bus
-allowed that second, not the model's latency.
+Computing holds the lock ``shared``: any number of holders run together. A latency measurement
+holds it ``exclusive``: it waits until the running steps finish, and no one starts a step until
+it is done. A trial holds it shared for each of its steps (its imports too: TensorFlow takes
+seconds of CPU); the search driver for its own heavy moments (training the base model, proposing
+trials, writing the report and export). Per step, not per trial: a measurement then waits for
+the others' current steps, not for their whole trials, and no core idles long.
+
+Without this, a trial timing its model on one core while another fine-tunes on the other reports
+whatever the memory bus allowed that second, not the model's latency.
 
 ``flock`` has no writer preference, so a second lock, the turnstile, stops new readers from
 slipping in while a writer waits. The files live in the node's temp folder: the lock is per

@@ -26,12 +26,13 @@ from search.trial import TrialParams
 
 PARAMS = tuple(f"param.{name}" for name in TrialParams.__dataclass_fields__)
 METRICS = ("map50", "map", "size_bytes", "size_gzip_bytes", "latency_ms", "latency_p90_ms", "latency_spread",
-           "latency_runs", "latency_threads", "macs", "sparsity", "audit", "float_layers", "calibration_s")
-TIMINGS = ("time_build_s", "time_fine_tune_s", "time_qat_s", "time_convert_s", "time_error_report_s", "time_evaluate_s",
+           "latency_runs", "latency_threads", "latency_cpus", "latency_lock_wait_s", "macs", "sparsity", "audit", "float_layers", "calibration_s")
+TIMINGS = ("time_build_s", "time_fine_tune_s", "time_qat_s", "time_convert_s", "time_evaluate_s",
            "time_latency_s", "time_total_s")
 # stage_cache: whether the prune + fine-tune stage was computed ("miss") or reused ("hit");
-# stage_wait_s: of time_fine_tune_s, the time spent waiting for another trial computing it.
-STAGE = ("stage_cache", "stage_wait_s")
+# stage_wait_s: of time_fine_tune_s, the time spent waiting for another trial computing it;
+# stage_key: its folder under the stage cache (the export's error report rebuilds the model from it).
+STAGE = ("stage_cache", "stage_wait_s", "stage_key")
 PLACE = ("node", "host", "cpu_model")  # node: Ray's node id (nodes on one machine share a host name)
 COLUMNS = ("trial_id", "status", "error", *PARAMS, *METRICS, *STAGE, *TIMINGS, *PLACE, "model_path")
 

@@ -59,7 +59,7 @@ def trial_storage(space: Space, run_dir: Path) -> tuple[Path, Path]:
     if space.storage_path:
         root = Path(space.storage_path).resolve()
         return root / "runs" / run_dir.name / "trials", root / "stages"
-    return (run_dir / "trials").resolve(), (Path(space.cache_dir) / "stages").resolve()
+    return (run_dir / "trials").resolve(), (Path(space.shared_dir) / "stages").resolve()
 
 
 def check_address(address: str | None) -> None:
@@ -158,7 +158,10 @@ def _search(space: Space, dataset, info: dict[str, Any], *, run_dir: Path, addre
     """Base model, then the search (new or resumed) to its budget, then report and export."""
     from search.inputs import base_model
 
-    base = base_model(space, dataset)
+    from search.node_lock import shared
+
+    with shared():  # training computes: no trial of another search on this node measures meanwhile
+        base = base_model(space, dataset)
     base_info = asdict(base)
     if base.cached:
         echo(f"base model: cached ({base.source}, key {base.key}), map50={base.map50:.3f} at {base.resolution}px")
@@ -174,6 +177,7 @@ def _search(space: Space, dataset, info: dict[str, Any], *, run_dir: Path, addre
 
     artifacts, stages = trial_storage(space, run_dir)
     artifacts.mkdir(parents=True, exist_ok=True)
+    stages.mkdir(parents=True, exist_ok=True)
     context = TrialContext(space=space, dataset=dataset, base_weights=base.weights, artifacts_dir=str(artifacts),
                            stages_dir=str(stages))
     echo(f"search: {space.budget.trials or 'unlimited'} trials, {space.budget.max_concurrent} at a time, "
@@ -181,6 +185,7 @@ def _search(space: Space, dataset, info: dict[str, Any], *, run_dir: Path, addre
     search_started = time.perf_counter()
     try:
         start_ray(address)
+        _check_every_node_sees(context, dataset, run_dir=run_dir, info=info)
         with _sigterm_stops_like_ctrl_c():
             if can_resume_tuner(run_dir):
                 resume_tuner(context, run_dir=run_dir)
@@ -201,14 +206,15 @@ def _search(space: Space, dataset, info: dict[str, Any], *, run_dir: Path, addre
         raise SearchInterrupted(f"{run_dir}: interrupted after {len(rows)} of {budget.trials} trials; "
                                 f"continue it with `python -m search resume {run_dir}`")
 
-    front = compute_front(rows, space)
-    write_report(front, space, run_dir)
-    exported = None
-    if front.exported is not None:
-        from search.export import export_trial
+    with shared():  # the driver's own heavy moments stay out of trials' latency measurements on this node
+        front = compute_front(rows, space)
+        write_report(front, space, run_dir)
+        exported = None
+        if front.exported is not None:
+            from search.export import export_trial
 
-        row = front.completed[front.exported]
-        exported = export_trial(row, space, run_dir, names=list(dataset.names), base=base_info, data_source=dataset.source)
+            row = front.completed[front.exported]
+            exported = export_trial(row, context, run_dir, base=base_info, echo=echo)
 
     info.update(status="finished", finished=_now(), total_seconds=round(time.perf_counter() - started, 1),
                 pareto_trials=[r["trial_id"] for r in front.rows],
@@ -222,6 +228,22 @@ def _search(space: Space, dataset, info: dict[str, Any], *, run_dir: Path, addre
         echo(f"exported (*, rule {space.export.rule}): {exported / 'model.tflite'} with {exported / 'model.json'}")
     echo(f"report: {run_dir / 'report.html'}  trials: {run_dir / 'trials.csv'}  [{time.perf_counter() - started:.0f}s]")
     return run_dir
+
+
+def _check_every_node_sees(context, dataset, *, run_dir: Path, info: dict[str, Any]) -> None:
+    """Fail before any trial runs when a node cannot read what trials read (a cluster without shared storage)."""
+    from search.tuner import unreadable_on_nodes
+
+    images = [str(split.examples[i].image_path) for split in (dataset.train, dataset.val) for i in (0, -1)]
+    problems = unreadable_on_nodes([context.base_weights, context.artifacts_dir, context.stages_dir, *images])
+    if problems:
+        node, path = problems[0]
+        message = (f"node {node} cannot read {path}: trials run on every node, so the data, the base weights "
+                   f"and the storage must be at the same path on all of them (--storage DIR on a shared folder, "
+                   f"data.path on it too){f'; and {len(problems) - 1} more' if len(problems) > 1 else ''}")
+        info.update(status="failed", error=message, finished=_now())
+        write_run_json(run_dir, info)
+        raise ClusterError(message)
 
 
 class SearchInterrupted(Exception):

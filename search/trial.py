@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from search.data.dataset import Dataset
+from search.data.dataset import Dataset, Split
 from search.node_lock import exclusive, shared
 from search.space import Space
 
@@ -54,7 +54,7 @@ class TrialContext:
     dataset: Dataset
     base_weights: str  # Keras weights file of the base model (resolution-independent)
     artifacts_dir: str  # every trial writes into <artifacts_dir>/<trial_id>/
-    stages_dir: str | None = None  # the shared prune + fine-tune cache; None: <space.cache_dir>/stages
+    stages_dir: str | None = None  # the shared prune + fine-tune cache; None: <space.shared_dir>/stages
 
 
 class StageTimer:
@@ -72,16 +72,27 @@ class StageTimer:
             self.seconds[f"time_{stage}_s"] = round(time.perf_counter() - start, 3)
 
 
-def calibration_images(train_images: np.ndarray, *, size: int, seed: int) -> np.ndarray:
-    """Exactly ``size`` training images, drawn without replacement by ``seed``, as float32 in [0, 1].
+def calibration_indices(num_train: int, *, size: int, seed: int) -> np.ndarray:
+    """Which ``size`` of the ``num_train`` training images calibrate: drawn by ``seed``, sorted.
 
     The same seed and size give the same images in every trial, so trials that differ only in
     calibration size differ in nothing else.
     """
-    if size > len(train_images):
-        raise ValueError(f"calibration_size must be <= {len(train_images)} training images, but got {size}.")
-    picked = np.random.default_rng(seed).choice(len(train_images), size=size, replace=False)
-    return train_images[np.sort(picked)].astype(np.float32) / 255.0
+    if size > num_train:
+        raise ValueError(f"calibration_size must be <= {num_train} training images, but got {size}.")
+    return np.sort(np.random.default_rng(seed).choice(num_train, size=size, replace=False))
+
+
+def calibration_images(train: Split, *, size: int, seed: int, resolution: int, preprocessing: str) -> np.ndarray:
+    """Exactly ``size`` training images (``calibration_indices``), preprocessed as for evaluation,
+    as float32 in [0, 1]. Only those images are decoded, so a trial that does not fine-tune
+    never preprocesses the whole training split.
+    """
+    from search.data.preprocess import split_arrays
+
+    picked = calibration_indices(len(train), size=size, seed=seed)
+    subset = Split(name=train.name, examples=tuple(train.examples[i] for i in picked))
+    return split_arrays(subset, resolution=resolution, mode=preprocessing).images.astype(np.float32) / 255.0
 
 
 def trial_stage_key(params: TrialParams, context: TrialContext, pruning) -> str:
@@ -102,21 +113,25 @@ def trial_stage_key(params: TrialParams, context: TrialContext, pruning) -> str:
 
 
 def run_trial(params: TrialParams, context: TrialContext, *, trial_id: str) -> dict[str, Any]:
-    from objectives.accuracy import measure_accuracy
-    from objectives.latency import measure_latency
-    from objectives.macs import count_macs
-    from objectives.size import gzip_size_bytes, size_bytes
-    from search.data.preprocess import split_arrays
-    from search.model.yolov4_tiny import build_yolov4_tiny
-    from search.prune import PruningSpec, prune_and_fine_tune
-    from search.prune import SCHEDULES
-    from search.qat import qat_sparsity, quantize_aware_fine_tune
-    from search.quant_debug import REPORT_MODES, layer_error_report, write_layer_report
-    from search.quantize import QUANT_MODES, convert
-    from search.stage_cache import cached_stage
-    from search.tflite_model import TFLiteDetector
+    # Every step that computes holds the node lock shared (search.node_lock), the imports too
+    # (TensorFlow takes seconds of CPU): other trials compute alongside, but none while a latency
+    # is measured (step 5), and between steps a trial waits while someone else measures.
+    with shared():
+        from objectives.accuracy import measure_accuracy
+        from objectives.latency import measure_latency
+        from objectives.macs import count_macs
+        from objectives.size import gzip_size_bytes, size_bytes
+        from search.compat import set_threads
+        from search.data.preprocess import split_arrays
+        from search.model.yolov4_tiny import build_yolov4_tiny
+        from search.prune import SCHEDULES, PruningSpec, prune_and_fine_tune
+        from search.qat import qat_sparsity, quantize_aware_fine_tune
+        from search.quantize import QUANT_MODES, convert
+        from search.stage_cache import cached_stage
+        from search.tflite_model import TFLiteDetector
 
     space, data = context.space, context.dataset
+    set_threads(space.budget.cpus_per_trial)
     out_dir = Path(context.artifacts_dir) / trial_id
     out_dir.mkdir(parents=True, exist_ok=True)
     timer = StageTimer()
@@ -124,7 +139,6 @@ def run_trial(params: TrialParams, context: TrialContext, *, trial_id: str) -> d
 
     # 1. Build the detector at the trial's resolution (its weights come in step 2).
     with timer("build"), shared():
-        train = split_arrays(data.train, resolution=params.resolution, mode=preprocessing)
         model = build_yolov4_tiny(num_classes=data.num_classes, resolution=params.resolution)
         macs = count_macs(model)  # deterministic cost: the same on every machine
 
@@ -136,8 +150,9 @@ def run_trial(params: TrialParams, context: TrialContext, *, trial_id: str) -> d
     )
     #    The result is cached by content (search.stage_cache): trials that differ only in how they
     #    are converted share it, on any node, and it is computed once even when they run together.
-    #    Only a miss needs the base weights: a hit loads the cached, fine-tuned ones instead.
+    #    Only a miss needs the base weights and the preprocessed training split.
     def fine_tune(weights_path: Path) -> float:
+        train = split_arrays(data.train, resolution=params.resolution, mode=preprocessing)
         model.load_weights(context.base_weights)
         tuned, sparsity = prune_and_fine_tune(
             model, pruning,
@@ -149,8 +164,8 @@ def run_trial(params: TrialParams, context: TrialContext, *, trial_id: str) -> d
         return sparsity
 
     with timer("fine_tune"), shared():
-        stage = cached_stage(context.stages_dir or Path(space.cache_dir) / "stages",
-                             trial_stage_key(params, context, pruning), fine_tune)
+        stage_key = trial_stage_key(params, context, pruning)
+        stage = cached_stage(context.stages_dir or Path(space.shared_dir) / "stages", stage_key, fine_tune)
         model.load_weights(str(stage.weights))  # the stripped weights fit the model built in step 1
         sparsity = stage.sparsity
 
@@ -158,6 +173,7 @@ def run_trial(params: TrialParams, context: TrialContext, *, trial_id: str) -> d
     mode = QUANT_MODES[params.quantization]
     if mode.needs_qat:
         with timer("qat"), shared():
+            train = split_arrays(data.train, resolution=params.resolution, mode=preprocessing)
             model = quantize_aware_fine_tune(
                 model, preserve_sparsity=SCHEDULES[pruning.schedule].prunes,
                 steps=space.fine_tune.steps, batch_size=space.fine_tune.batch_size, seed=space.budget.seed,
@@ -166,21 +182,18 @@ def run_trial(params: TrialParams, context: TrialContext, *, trial_id: str) -> d
             sparsity = qat_sparsity(model)
 
     # 3. Convert to TFLite in the trial's mode, calibrating on training images when it needs to.
-    calibration = None
-    if params.calibration_size:
-        calibration = calibration_images(train.images, size=params.calibration_size, seed=space.budget.seed)
+    #    (The per-layer quantization error report is made for the exported trial only: search.export.)
     with timer("convert"), shared():
+        calibration = None
+        if params.calibration_size:
+            calibration = calibration_images(data.train, size=params.calibration_size, seed=space.budget.seed,
+                                             resolution=params.resolution, preprocessing=preprocessing)
         converted = convert(model, mode=params.quantization, calibration_images=calibration,
                             float_layers=params.float_layers or 0)
-    if params.quantization in REPORT_MODES:
-        # Why did accuracy drop? Per-layer quantization error, for the export card to point to.
-        with timer("error_report"), shared():
-            report = layer_error_report(model, calibration_images=calibration, mode=params.quantization)
-            write_layer_report(report, out_dir / "quant_errors.csv")
-    model_path = out_dir / "model.tflite"
-    model_path.write_bytes(converted.content)
+        model_path = out_dir / "model.tflite"
+        model_path.write_bytes(converted.content)
 
-    # 4. Measure the converted model: accuracy on the val split, size, then latency alone on the node.
+    # 4. Measure the converted model: accuracy on the val split, and size.
     with timer("evaluate"), shared():
         detector = TFLiteDetector(converted.content, num_threads=space.budget.cpus_per_trial)
         accuracy = measure_accuracy(
@@ -188,22 +201,28 @@ def run_trial(params: TrialParams, context: TrialContext, *, trial_id: str) -> d
             preprocessing=preprocessing, score_threshold=space.measure.score_threshold,
             iou_threshold=space.measure.iou_threshold, max_detections=space.measure.max_detections,
         )
+        sizes = {"size_bytes": size_bytes(converted.content), "size_gzip_bytes": gzip_size_bytes(converted.content)}
+
+    # 5. Latency, alone on the node: no other trial computes meanwhile.
     m = space.measure
-    with timer("latency"), exclusive():
+    asked = time.perf_counter()
+    with exclusive(), timer("latency"):  # the wait for the node is latency_lock_wait_s, not a stage
+        lock_wait = time.perf_counter() - asked
         latency = measure_latency(
             converted.content, num_threads=m.latency_threads, warmup=m.latency_warmup,
-            min_runs=m.latency_min_runs, max_seconds=m.latency_max_seconds,
+            min_runs=m.latency_min_runs, min_seconds=m.latency_min_seconds, max_seconds=m.latency_max_seconds,
         )
 
     metrics = {
         **accuracy,
-        "size_bytes": size_bytes(converted.content),
-        "size_gzip_bytes": gzip_size_bytes(converted.content),
+        **sizes,
         "latency_ms": latency.median_ms,
         "latency_p90_ms": latency.p90_ms,
         "latency_spread": latency.spread,
         "latency_runs": latency.runs,
         "latency_threads": latency.num_threads,
+        "latency_cpus": latency.cpus,
+        "latency_lock_wait_s": round(lock_wait, 3),
         "cpu_model": latency.cpu_model,
         "macs": macs,
         "sparsity": round(float(sparsity), 4),
@@ -212,6 +231,7 @@ def run_trial(params: TrialParams, context: TrialContext, *, trial_id: str) -> d
         "calibration_s": round(getattr(converted, "calibration_seconds", 0.0) or 0.0, 3),
         "stage_cache": "hit" if stage.hit else "miss",
         "stage_wait_s": stage.wait_s,
+        "stage_key": stage_key,
         "model_path": str(model_path),
         **timer.seconds,
     }

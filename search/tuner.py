@@ -26,6 +26,7 @@ from typing import Any
 from ray.tune.search.optuna import OptunaSearch
 
 from search.atomic import write_text_atomic
+from search.node_lock import shared
 from search.record import TrialRecorder
 from search.space import Space
 from search.trial import TrialContext, TrialParams, run_trial
@@ -70,20 +71,27 @@ def make_sampler(space: Space):
 
 
 class OptunaSearchWithFailures(OptunaSearch):
-    """``OptunaSearch`` that tells Optuna FAIL for a result carrying the trial's own ``error``."""
+    """``OptunaSearch`` that tells Optuna FAIL for a result carrying the trial's own ``error``.
+
+    Proposing and learning (TPE's model fit) hold the node lock shared: they are the driver's CPU
+    work, and must not land in the middle of a trial's latency measurement on this node.
+    """
+
+    def suggest(self, trial_id: str):
+        with shared():
+            return super().suggest(trial_id)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
-        if result and result.get("error"):
-            return super().on_trial_complete(trial_id, None, error=True)
-        return super().on_trial_complete(trial_id, result, error)
+        with shared():
+            if result and result.get("error"):
+                return super().on_trial_complete(trial_id, None, error=True)
+            return super().on_trial_complete(trial_id, result, error)
 
 
 def trainable(config: dict[str, Any], context: TrialContext) -> None:
     """Ray Tune function trainable: one trial, one report (its metrics, or its own error)."""
     import ray
     from ray import tune
-
-    from search.compat import set_threads
 
     trial_id = tune.get_context().get_trial_id()
     folder = Path(context.artifacts_dir) / trial_id
@@ -92,7 +100,6 @@ def trainable(config: dict[str, Any], context: TrialContext) -> None:
         # Finished before the driver was killed, but after Tune's last state save: report it again.
         tune.report({**json.loads((folder / RESULT).read_text()), "resumed_from_record": True})
         return
-    set_threads(context.space.budget.cpus_per_trial)
     try:
         result = {**run_trial(TrialParams.from_config(config), context, trial_id=trial_id), **node}
     except Exception as error:
@@ -177,6 +184,28 @@ def start_ray(address: str | None):
     if address:
         return ray.init(address=address, **kwargs)
     return ray.init(num_cpus=os.cpu_count(), **kwargs)
+
+
+def unreadable_on_nodes(paths: list[str]) -> list[tuple[str, str]]:
+    """``(node, path)`` for each of ``paths`` that some alive node with CPUs cannot see.
+
+    Trials run on any node and read the data, the base weights and the storage by path, so every
+    node must mount them at the same path. One zero-CPU task per node looks, before any trial runs.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    @ray.remote(num_cpus=0, max_retries=0)
+    def missing(paths: list[str]) -> list[str]:
+        return [path for path in paths if not os.path.exists(path)]
+
+    looks = {
+        f"{node['NodeManagerAddress']} ({node['NodeID'][:8]})": missing.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+        ).remote(paths)
+        for node in ray.nodes() if node["Alive"] and node["Resources"].get("CPU", 0) > 0
+    }
+    return [(node, path) for node, look in looks.items() for path in ray.get(look, timeout=300)]
 
 
 def stop_ray() -> None:

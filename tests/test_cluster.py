@@ -132,7 +132,9 @@ def ray_two_nodes(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def shared_cache(tmp_path_factory) -> Path:
-    """Data and base model, shared by this module's searches (both are cached by content)."""
+    """``storage.cache_dir`` of this module's searches. With ``storage.path`` set, the data, the
+    base model and the stage cache go to the storage (every node must read them), so each search
+    generates and trains its own small ones there."""
     return tmp_path_factory.mktemp("cluster-cache")
 
 
@@ -163,6 +165,20 @@ def test_smoke_search_runs_on_both_nodes(ray_two_nodes, shared_cache, tmp_path):
         assert Path(r["model_path"]).is_relative_to(tmp_path / "storage") and Path(r["model_path"]).exists()
         assert r["stage_cache"] in ("hit", "miss")
     assert list((tmp_path / "storage" / "stages").glob("*/weights.h5"))
+    assert list((tmp_path / "storage" / "base").glob("*.h5")) and (tmp_path / "storage" / "data").is_dir()
+
+
+def test_every_node_is_asked_whether_it_sees_what_trials_read(ray_two_nodes, tmp_path):
+    from search.tuner import start_ray, stop_ray, unreadable_on_nodes
+
+    missing = str(tmp_path / "not-mounted-here" / "base.h5")
+    start_ray(ray_two_nodes.address)
+    try:
+        found = unreadable_on_nodes([str(ROOT / "README.md"), missing])
+    finally:
+        stop_ray()
+    assert [path for _, path in found] == [missing, missing]  # seen missing on each node ...
+    assert len({node for node, _ in found}) == 2  # ... by a task on that node
 
 
 def test_a_killed_worker_node_loses_no_trial(ray_two_nodes, shared_cache, tmp_path):

@@ -64,7 +64,7 @@ def test_gzip_shows_unstructured_sparsity():
 
 
 def test_latency_stats_are_positive_and_ordered(dense_content):
-    stats = measure_latency(dense_content, num_threads=1, warmup=2, min_runs=10, max_seconds=5.0)
+    stats = measure_latency(dense_content, num_threads=1, warmup=2, min_runs=10, min_seconds=0.2, max_seconds=5.0)
     assert 0 < stats.min_ms <= stats.median_ms <= stats.p90_ms <= stats.max_ms
     assert stats.runs >= 10 or stats.median_ms * stats.runs > 4000  # stopped by the time limit
     assert stats.spread >= 0
@@ -75,18 +75,30 @@ def test_latency_stats_are_positive_and_ordered(dense_content):
 def test_latency_of_an_int8_io_model(dense_model):
     images = np.random.default_rng(2).random((4, RESOLUTION, RESOLUTION, 3), dtype=np.float32)
     content = convert(dense_model, mode="int8", calibration_images=images, int8_io=True).content
-    stats = measure_latency(content, num_threads=2, warmup=1, min_runs=5, max_seconds=5.0)
+    stats = measure_latency(content, num_threads=2, warmup=1, min_runs=5, min_seconds=0.0, max_seconds=5.0)
     assert 0 < stats.min_ms <= stats.median_ms <= stats.p90_ms <= stats.max_ms
     assert stats.num_threads == 2
 
 
 def test_latency_stops_at_max_seconds(dense_content):
     start = time.perf_counter()
-    stats = measure_latency(dense_content, warmup=0, min_runs=10**6, max_seconds=0.5)
+    stats = measure_latency(dense_content, warmup=0, min_runs=10**6, min_seconds=0.0, max_seconds=0.5)
     assert time.perf_counter() - start < 5.0
     assert 1 <= stats.runs < 10**6
+
+
+def test_latency_times_at_least_min_seconds_on_pinned_cores(dense_content):
+    import os
+
+    before = os.sched_getaffinity(0)
+    stats = measure_latency(dense_content, warmup=0, min_runs=1, min_seconds=0.6, max_seconds=5.0)
+    assert stats.seconds >= 0.6 and stats.runs > 1
+    assert stats.cpus == str(max(before))  # one thread: the last core this process may use
+    assert os.sched_getaffinity(0) == before  # and the process may use all of them again
 
 
 def test_latency_refuses_meaningless_settings(dense_content):
     with pytest.raises(ValueError, match="min_runs >= 1"):
         measure_latency(dense_content, min_runs=0)
+    with pytest.raises(ValueError, match="min_seconds <= max_seconds"):
+        measure_latency(dense_content, min_seconds=5.0, max_seconds=1.0)

@@ -10,7 +10,7 @@ import pytest
 from search.inputs import load_data
 from search.quantize import QUANT_MODES
 from search.space import load_space
-from search.trial import TrialContext, TrialParams, calibration_images, run_trial
+from search.trial import TrialContext, TrialParams, calibration_images, calibration_indices, run_trial
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,11 +70,45 @@ def test_pruned_trial_reaches_its_sparsity_and_gzips_smaller(context):
     assert pruned["size_gzip_bytes"] < 0.7 * dense["size_gzip_bytes"]
 
 
-def test_calibration_images_are_exact_seeded_and_from_train():
-    train = np.arange(20 * 4 * 4 * 3, dtype=np.uint8).reshape(20, 4, 4, 3)
-    a = calibration_images(train, size=8, seed=3)
-    assert a.shape == (8, 4, 4, 3) and a.dtype == np.float32 and a.max() <= 1.0
-    np.testing.assert_array_equal(a, calibration_images(train, size=8, seed=3))
-    assert not np.array_equal(a, calibration_images(train, size=8, seed=4))
+def test_calibration_images_are_exact_seeded_and_from_train(context):
+    from search.data.preprocess import split_arrays
+
+    picked = calibration_indices(20, size=8, seed=3)
+    assert len(set(picked)) == 8 and list(picked) == sorted(picked) and picked.max() < 20
+    np.testing.assert_array_equal(picked, calibration_indices(20, size=8, seed=3))
+    assert not np.array_equal(picked, calibration_indices(20, size=8, seed=4))
     with pytest.raises(ValueError, match="calibration_size must be <= 20"):
-        calibration_images(train, size=21, seed=0)
+        calibration_indices(20, size=21, seed=0)
+
+    # Only the picked images are decoded, and they are exactly those of the whole preprocessed split.
+    train = context.dataset.train
+    images = calibration_images(train, size=8, seed=3, resolution=64, preprocessing="stretch")
+    assert images.shape == (8, 64, 64, 3) and images.dtype == np.float32 and 0.0 <= images.min() <= images.max() <= 1.0
+    whole = split_arrays(train, resolution=64, mode="stretch").images
+    np.testing.assert_array_equal(images, whole[calibration_indices(len(train), size=8, seed=3)].astype(np.float32) / 255.0)
+
+
+def test_the_export_reports_per_layer_error_for_int8_only(context, tmp_path):
+    import csv
+    import json
+
+    from search.export import export_trial
+    from search.record import row_for
+
+    def exported(params: TrialParams, name: str) -> Path:
+        metrics = run_trial(params, context, trial_id=f"export-{name}")
+        row = row_for(f"export-{name}", params.__dict__, metrics, None)
+        (tmp_path / name).mkdir()
+        return export_trial(row, context, tmp_path / name, base={}, echo=lambda line: None)
+
+    int8 = exported(TrialParams(resolution=64, pruning_schedule="none", quantization="int8", calibration_size=4), "int8")
+    with (int8 / "quant_errors.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) > 20 and rows[0]["rank"] == "1"
+    assert float(rows[0]["rmse_over_scale"]) >= float(rows[-1]["rmse_over_scale"])  # worst first
+    assert json.loads((int8 / "model.json").read_text())["quantization_error_report"] == "quant_errors.csv"
+
+    float16 = exported(TrialParams(resolution=64, pruning_schedule="none", quantization="float16"), "float16")
+    assert not (float16 / "quant_errors.csv").exists()
+    assert json.loads((float16 / "model.json").read_text())["quantization_error_report"].startswith("none: mode float16")
+    assert not list(tmp_path.glob("*/.export.*"))  # no half-written export left behind
