@@ -2,7 +2,7 @@
 
 TFMOT 0.8 only understands Keras 2, so ``TF_USE_LEGACY_KERAS`` must be set before TensorFlow is
 first imported, and models are built with ``tf_keras``. Every module that needs TensorFlow imports
-``tf``, ``keras`` and ``tfmot`` from here (as TFMOT's own ``core/keras/compat.py`` does), never
+``tf``, ``keras`` and ``tfmot`` (loaded on first use) from here (as TFMOT's own ``core/keras/compat.py`` does), never
 directly, so the order of imports can never pick Keras 3 by accident.
 """
 
@@ -37,13 +37,23 @@ def _quiet_stderr():
 with _quiet_stderr():
     import tensorflow as tf  # noqa: E402
     import tf_keras as keras  # noqa: E402
-    import tensorflow_model_optimization as tfmot  # noqa: E402
 
     # Probing for GPUs logs a CUDA error on a machine without one; do it now, quietly. This lists
     # physical devices only, so thread settings (``set_threads``) can still be changed afterwards.
     tf.config.list_physical_devices("GPU")
 
-__all__ = ["tf", "keras", "tfmot", "set_threads"]
+__all__ = ["tf", "keras", "set_threads"]  # and tfmot, loaded on first use (below)
+
+
+def __getattr__(name: str):
+    """``tfmot`` on first use (``from search.compat import tfmot``): importing it takes about a
+    second, which a trial that neither prunes nor fine-tunes (a stage cache hit) need not pay."""
+    if name == "tfmot":
+        with _quiet_stderr():
+            import tensorflow_model_optimization as tfmot
+        globals()["tfmot"] = tfmot
+        return tfmot
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def set_threads(num_threads: int) -> None:

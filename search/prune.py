@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from search.compat import keras, tfmot
+from search.compat import keras
 from search.errors import SpaceError
 from search.train import train
 
@@ -59,12 +59,16 @@ class Schedule:
 
 
 def _constant(spec: PruningSpec, timing: PruningTiming):
+    from search.compat import tfmot
+
     return tfmot.sparsity.keras.ConstantSparsity(
         spec.sparsity, begin_step=timing.begin_step, end_step=timing.end_step, frequency=timing.frequency
     )
 
 
 def _polynomial_decay(spec: PruningSpec, timing: PruningTiming):
+    from search.compat import tfmot
+
     return tfmot.sparsity.keras.PolynomialDecay(
         initial_sparsity=spec.initial_sparsity,
         final_sparsity=spec.sparsity,
@@ -178,6 +182,8 @@ def prune(model: keras.Model, spec: PruningSpec, *, steps: int) -> keras.Model:
     ``model`` itself is not touched. Schedule ``none`` returns a plain clone. Raises
     ``SpaceError`` when ``steps`` is too short for the schedule to prune and recover.
     """
+    from search.compat import tfmot
+
     row = SCHEDULES[spec.schedule]
     if row.prunes and steps < MIN_PRUNING_STEPS:
         raise SpaceError(
@@ -205,6 +211,8 @@ def prune(model: keras.Model, spec: PruningSpec, *, steps: int) -> keras.Model:
 
 def strip(model: keras.Model) -> keras.Model:
     """The model without pruning wrappers, kernels as last masked (TFMOT's ``strip_pruning``)."""
+    from search.compat import tfmot
+
     return tfmot.sparsity.keras.strip_pruning(model)
 
 

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from search.compat import keras, tf, tfmot
+from search.compat import keras, tf
 from search.errors import DataError
 from search.model.yolov4_tiny import ANCHORS, ANCHORS_PER_HEAD, MASKS, SCALE_X_Y, STRIDES
 
@@ -311,6 +311,8 @@ def train(
     train_step = _make_train_step(model, optimizer, resolution=resolution, num_classes=num_classes)
     # TFMOT's pruning wrappers count steps and refresh masks only when this callback is driven;
     # on a model without wrappers it finds nothing to do.
+    from search.compat import tfmot
+
     pruning_callback = tfmot.sparsity.keras.UpdatePruningStep()
     pruning_callback.set_model(model)
     pruning_callback.on_train_begin()

@@ -125,7 +125,6 @@ def run_trial(params: TrialParams, context: TrialContext, *, trial_id: str) -> d
         from search.data.preprocess import split_arrays
         from search.model.yolov4_tiny import build_yolov4_tiny
         from search.prune import SCHEDULES, PruningSpec, prune_and_fine_tune
-        from search.qat import qat_sparsity, quantize_aware_fine_tune
         from search.quantize import QUANT_MODES, convert
         from search.stage_cache import cached_stage
         from search.tflite_model import TFLiteDetector
@@ -173,6 +172,8 @@ def run_trial(params: TrialParams, context: TrialContext, *, trial_id: str) -> d
     mode = QUANT_MODES[params.quantization]
     if mode.needs_qat:
         with timer("qat"), shared():
+            from search.qat import qat_sparsity, quantize_aware_fine_tune  # imports TFMOT's QAT (seconds)
+
             train = split_arrays(data.train, resolution=params.resolution, mode=preprocessing)
             model = quantize_aware_fine_tune(
                 model, preserve_sparsity=SCHEDULES[pruning.schedule].prunes,
