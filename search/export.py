@@ -91,8 +91,9 @@ def model_card(row: dict[str, Any], space: Space, *, names: list[str], base: dic
                         f"{space.measure.iou_threshold}, at most {space.measure.max_detections} per image",
             "size": "bytes of model.tflite; size_gzip_bytes after gzip (level 6)",
             "latency": f"LiteRT interpreter (XNNPACK), {row['latency_threads']} thread(s), "
-                       f"{space.measure.latency_warmup} warm-up invokes, median and p90 of {row['latency_runs']} "
-                       f"timed invokes over at least {space.measure.latency_min_seconds:g} s, pinned to core(s) "
+                       f"{space.measure.latency_warmup} warm-up invokes, then {row['latency_runs']} invokes timed "
+                       f"over at least {space.measure.latency_min_seconds:g} s; median and p90 over the quieter half "
+                       f"of its 0.5 s blocks (latency_median_all_ms: every invoke), pinned to core(s) "
                        f"{row.get('latency_cpus') or '?'}, no other trial computing on the node (node lock)",
             "cpu_model": row["cpu_model"],
             "latency_spread": _number(row["latency_spread"]),

@@ -25,7 +25,7 @@ from search.atomic import write_text_atomic
 from search.trial import TrialParams
 
 PARAMS = tuple(f"param.{name}" for name in TrialParams.__dataclass_fields__)
-METRICS = ("map50", "map", "size_bytes", "size_gzip_bytes", "latency_ms", "latency_p90_ms", "latency_spread",
+METRICS = ("map50", "map", "size_bytes", "size_gzip_bytes", "latency_ms", "latency_p90_ms", "latency_spread", "latency_median_all_ms",
            "latency_runs", "latency_threads", "latency_cpus", "latency_lock_wait_s", "macs", "sparsity", "audit", "float_layers", "calibration_s")
 TIMINGS = ("time_build_s", "time_fine_tune_s", "time_qat_s", "time_convert_s", "time_evaluate_s",
            "time_latency_s", "time_total_s")

@@ -436,8 +436,8 @@ def parse_space(raw: Any, *, source: str, sha256: str = "", overrides: tuple[str
     cache_dir = st.string("cache_dir", ".cache/search")
     storage_path = st.string("path", optional=True)
     if storage_path and "://" in storage_path and not storage_path.startswith("file://"):
-        st.fail("path", "must be a folder every node mounts at the same path (NFS, EFS; object stores lack the "
-                        f"atomic create the stage cache locks with), but got the URI {storage_path!r}")
+        st.fail("path", "must be a folder every node mounts at the same path (NFS, EFS; object-store URIs are not "
+                        f"supported yet), but got the URI {storage_path!r}")
     storage_path = storage_path.removeprefix("file://") if storage_path else None
     st.finish()
     top.finish()

@@ -220,6 +220,7 @@ def run_trial(params: TrialParams, context: TrialContext, *, trial_id: str) -> d
         "latency_ms": latency.median_ms,
         "latency_p90_ms": latency.p90_ms,
         "latency_spread": latency.spread,
+        "latency_median_all_ms": latency.median_all_ms,
         "latency_runs": latency.runs,
         "latency_threads": latency.num_threads,
         "latency_cpus": latency.cpus,

@@ -97,6 +97,23 @@ def test_latency_times_at_least_min_seconds_on_pinned_cores(dense_content):
     assert os.sched_getaffinity(0) == before  # and the process may use all of them again
 
 
+def test_the_quieter_half_of_the_blocks_is_reported():
+    from objectives.latency import quiet_half
+
+    # Eight 0.5 s blocks of ten invokes: the odd ones disturbed (twice as slow).
+    starts = [block * 0.5 + k * 0.04 for block in range(8) for k in range(10)]
+    times = [20.0 if int(start // 0.5) % 2 else 10.0 for start in starts]
+    assert quiet_half(times, starts) == [10.0] * 40
+    # Too few blocks to tell quiet from disturbed: everything counts.
+    assert quiet_half(times[:30], starts[:30]) == times[:30]
+
+
+def test_the_reported_median_is_over_the_quieter_blocks(dense_content):
+    stats = measure_latency(dense_content, warmup=1, min_runs=1, min_seconds=2.5, max_seconds=5.0)
+    assert stats.reported_runs <= stats.runs and stats.reported_runs >= stats.runs // 3
+    assert stats.median_ms <= stats.median_all_ms * 1.001  # the quieter half is never the slower
+
+
 def test_latency_refuses_meaningless_settings(dense_content):
     with pytest.raises(ValueError, match="min_runs >= 1"):
         measure_latency(dense_content, min_runs=0)
