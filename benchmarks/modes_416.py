@@ -86,12 +86,21 @@ def pruned_copy(model, train) -> tuple[object, float]:
     """A 50%-sparse copy of ``model`` pruned and fine-tuned by the trial's code; (model, measured sparsity)."""
     from search.prune import PruningSpec, prune_and_fine_tune
 
+    from search.model.yolov4_tiny import build_yolov4_tiny
+
     spec = PruningSpec(schedule="constant", target_sparsity=TARGET_SPARSITY)
     with shared():
-        return prune_and_fine_tune(
+        tuned, sparsity = prune_and_fine_tune(
             model, spec, steps=PRUNE_STEPS, batch_size=PRUNE_BATCH, images=train.images, boxes=train.boxes,
             classes=train.classes, num_classes=NUM_CLASSES,
         )
+        # As a trial does: the stripped weights go into a freshly built model. ``strip_pruning``'s
+        # own output is a clone that TFMOT's quantize_model cannot rebuild ("Graph disconnected").
+        with tempfile.TemporaryDirectory() as tmp:
+            tuned.save_weights(f"{tmp}/pruned.h5")
+            fresh = build_yolov4_tiny(num_classes=NUM_CLASSES, resolution=RESOLUTION)
+            fresh.load_weights(f"{tmp}/pruned.h5")
+    return fresh, sparsity
 
 
 def convert_in_mode(model, *, mode: str, calibration: np.ndarray, pruned: bool):

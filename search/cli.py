@@ -28,8 +28,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--run-dir", help="where results go (default runs/<name>-<timestamp>/); must not exist")
     run.add_argument("--address", help="an existing Ray cluster (HOST:PORT or 'auto'; default: RAY_ADDRESS, "
                                        "else an embedded local Ray)")
-    run.add_argument("--storage", help="a folder every node mounts, for the trials' files and the shared stage cache "
-                                       "(same as --set storage.path=...; default: the run directory and cache_dir)")
+    run.add_argument("--storage", help="a folder every node mounts, or an object-store URI (s3://bucket/prefix, gs://...), "
+                                       "for the trials' files and the shared stage cache (same as --set storage.path=...; "
+                                       "default: the run directory and cache_dir)")
     resume = commands.add_parser("resume", help="continue a run whose driver was stopped or killed")
     resume.add_argument("run_dir", help="the run directory to continue")
     resume.add_argument("--address", help="the Ray cluster to continue on (default: RAY_ADDRESS, else an embedded local Ray)")

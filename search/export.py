@@ -25,7 +25,8 @@ from search.model.yolov4_tiny import ANCHORS, MASKS, SCALE_X_Y, STRIDES
 from search.pareto import EXPORT_RULES
 from search.provenance import package_versions
 from search.space import Space
-from search.stage_cache import WEIGHTS
+from search import storage
+from search.stage_cache import WEIGHTS, stage_weights
 from search.trial import TrialContext
 
 
@@ -49,10 +50,10 @@ def write_error_report(row: dict[str, Any], context: TrialContext, path: Path) -
     if mode not in REPORT_MODES:
         return f"mode {mode} is not calibrated int8 (reports exist for {', '.join(REPORT_MODES)})"
     space, data = context.space, context.dataset
-    stages = Path(context.stages_dir or Path(space.shared_dir) / "stages")
-    weights = stages / str(row.get("stage_key") or "") / WEIGHTS
-    if not row.get("stage_key") or not weights.is_file():
-        return f"its fine-tuned weights are no longer in the stage cache ({weights})"
+    stages = context.stages_dir or str(Path(space.shared_dir) / "stages")
+    weights = stage_weights(stages, str(row["stage_key"])) if row.get("stage_key") else None
+    if weights is None:
+        return f"its fine-tuned weights are no longer in the stage cache ({storage.join(stages, str(row.get('stage_key')), WEIGHTS)})"
 
     from search.compat import set_threads
     from search.model.yolov4_tiny import build_yolov4_tiny
@@ -119,7 +120,11 @@ def export_trial(row: dict[str, Any], context: TrialContext, run_dir: Path, *, b
     tmp = run_dir / f".export.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    shutil.copyfile(row["model_path"], tmp / "model.tflite")
+    model = storage.read_bytes(row["model_path"])  # the trial's file, in a folder or an object store
+    if model is None:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RunDirError(f"{row['model_path']}: trial {row['trial_id']}'s model is gone from the storage; nothing exported")
+    (tmp / "model.tflite").write_bytes(model)
     started = time.perf_counter()
     try:
         no_report = write_error_report(row, context, tmp / ERRORS)  # why accuracy dropped, worst layer first

@@ -44,8 +44,17 @@ def check_run_dir(run_dir: Path) -> None:
 
 
 def check_storage(space: Space) -> None:
-    """The storage folder must exist or be creatable: every node writes its trials there."""
+    """The storage must be writable (a folder that exists or can be made, or an object store that
+    takes a probe object): every node writes its trials there."""
     if not space.storage_path:
+        return
+    from search import storage
+
+    if storage.is_uri(space.storage_path):
+        problem = storage.check_writable(space.storage_path)
+        if problem:
+            raise SpaceError(f"{space.path}: storage.path: must be an object store this machine can write to, but "
+                             f"writing to {space.storage_path} failed ({problem})")
         return
     path = Path(space.storage_path)
     existing = next((p for p in (path, *path.parents) if p.exists()), None)
@@ -54,12 +63,14 @@ def check_storage(space: Space) -> None:
                          f"{space.storage_path} ({existing} is not a writable folder)")
 
 
-def trial_storage(space: Space, run_dir: Path) -> tuple[Path, Path]:
-    """(each trial's folder parent, the shared stage cache) for this run."""
+def trial_storage(space: Space, run_dir: Path) -> tuple[str, str]:
+    """(each trial's folder parent, the shared stage cache) for this run: folders or URIs."""
+    from search import storage
+
     if space.storage_path:
-        root = Path(space.storage_path).resolve()
-        return root / "runs" / run_dir.name / "trials", root / "stages"
-    return (run_dir / "trials").resolve(), (Path(space.shared_dir) / "stages").resolve()
+        return (storage.join(space.storage_path, "runs", run_dir.name, "trials"),
+                storage.join(space.storage_path, "stages"))
+    return str((run_dir / "trials").resolve()), str((Path(space.shared_dir) / "stages").resolve())
 
 
 def check_address(address: str | None) -> None:
@@ -170,16 +181,18 @@ def _search(space: Space, dataset, info: dict[str, Any], *, run_dir: Path, addre
     info["base_model"] = base_info
     write_run_json(run_dir, info)
 
+    from search import storage
     from search.record import TrialRecorder, read_rows
     from search.report import compute_front, summary_table, write_report
+    from search.stage_cache import file_sha256
     from search.trial import TrialContext
     from search.tuner import can_resume_tuner, resume_tuner, run_tuner, start_ray, stop_ray
 
     artifacts, stages = trial_storage(space, run_dir)
-    artifacts.mkdir(parents=True, exist_ok=True)
-    stages.mkdir(parents=True, exist_ok=True)
-    context = TrialContext(space=space, dataset=dataset, base_weights=base.weights, artifacts_dir=str(artifacts),
-                           stages_dir=str(stages))
+    storage.makedirs(artifacts)
+    storage.makedirs(stages)
+    context = TrialContext(space=space, dataset=dataset, base_weights=_shared_base_weights(space, base.weights),
+                           artifacts_dir=artifacts, stages_dir=stages, base_weights_sha256=file_sha256(base.weights))
     echo(f"search: {space.budget.trials or 'unlimited'} trials, {space.budget.max_concurrent} at a time, "
          f"sampler {space.budget.sampler}, on {address or 'an embedded local Ray'}; trials in {artifacts}")
     search_started = time.perf_counter()
@@ -228,6 +241,19 @@ def _search(space: Space, dataset, info: dict[str, Any], *, run_dir: Path, addre
         echo(f"exported (*, rule {space.export.rule}): {exported / 'model.tflite'} with {exported / 'model.json'}")
     echo(f"report: {run_dir / 'report.html'}  trials: {run_dir / 'trials.csv'}  [{time.perf_counter() - started:.0f}s]")
     return run_dir
+
+
+def _shared_base_weights(space: Space, weights: str) -> str:
+    """Where trials read the base weights: the file itself when the storage is a folder (it is
+    under storage.path, or this is one machine); a copy in the object store when it is one."""
+    from search import storage
+
+    if not space.storage_path or not storage.is_uri(space.storage_path):
+        return weights
+    location = storage.join(space.storage_path, "base", Path(weights).name)  # named by its content key
+    if not storage.exists(location):
+        storage.upload(Path(weights), location)
+    return location
 
 
 def _check_every_node_sees(context, dataset, *, run_dir: Path, info: dict[str, Any]) -> None:

@@ -240,15 +240,21 @@ class Space:
     overrides: tuple[str, ...] = ()
     calibrating_modes: tuple[str, ...] = ()  # from search.quantize.QUANT_MODES, read once at parse time
     # Where trials write (their .tflite and records, the shared stage cache): a folder every node
-    # mounts. None: the run directory and cache_dir, which is right for one machine.
+    # mounts, or an object-store URI (search.storage). None: the run directory and cache_dir,
+    # which is right for one machine.
     storage_path: str | None = None
     selective_modes: tuple[str, ...] = ()  # modes that keep the most sensitive layers float
 
     @property
     def shared_dir(self) -> str:
         """Where what every node must read goes: the generated dataset, the base weights, the stage
-        cache. ``storage.path`` when set (a cluster's shared folder), else ``cache_dir``."""
-        return self.storage_path or self.cache_dir
+        cache. ``storage.path`` when it is a folder (a cluster's shared mount), else ``cache_dir``
+        (with an object store, the trials' files and the stage cache go there, ``search.storage``)."""
+        from search.storage import is_uri
+
+        if self.storage_path and not is_uri(self.storage_path):
+            return self.storage_path
+        return self.cache_dir
 
     @property
     def metric_names(self) -> list[str]:
@@ -435,9 +441,13 @@ def parse_space(raw: Any, *, source: str, sha256: str = "", overrides: tuple[str
     st = top.section("storage")
     cache_dir = st.string("cache_dir", ".cache/search")
     storage_path = st.string("path", optional=True)
-    if storage_path and "://" in storage_path and not storage_path.startswith("file://"):
-        st.fail("path", "must be a folder every node mounts at the same path (NFS, EFS; object-store URIs are not "
-                        f"supported yet), but got the URI {storage_path!r}")
+    from search.storage import URI_SCHEMES, is_uri, uri_scheme
+
+    if storage_path and is_uri(storage_path) and uri_scheme(storage_path) not in URI_SCHEMES:
+        st.fail("path", f"must be a folder every node mounts at the same path, or an object store URI "
+                        f"({', '.join(s + '://' for s in URI_SCHEMES)}), but got {storage_path!r}")
+    if storage_path and is_uri(storage_path) and not storage_path.split("://", 1)[1].split("?")[0].strip("/"):
+        st.fail("path", f"must name a bucket (e.g. s3://my-bucket/search), but got {storage_path!r}")
     storage_path = storage_path.removeprefix("file://") if storage_path else None
     st.finish()
     top.finish()
@@ -497,7 +507,9 @@ def absolute_paths(space: Space) -> Space:
     """
 
     def absolute(path: str | None) -> str | None:
-        return str(Path(path).expanduser().resolve()) if path else path
+        from search.storage import is_uri
+
+        return str(Path(path).expanduser().resolve()) if path and not is_uri(path) else path
 
     return replace(
         space,

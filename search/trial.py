@@ -9,6 +9,7 @@ the ``.tflite`` file in the trial's artifact folder. ``search.tuner`` wraps it f
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -52,9 +53,10 @@ class TrialContext:
 
     space: Space
     dataset: Dataset
-    base_weights: str  # Keras weights file of the base model (resolution-independent)
-    artifacts_dir: str  # every trial writes into <artifacts_dir>/<trial_id>/
+    base_weights: str  # Keras weights of the base model (resolution-independent): a path or an object-store URI
+    artifacts_dir: str  # every trial writes into <artifacts_dir>/<trial_id>/ (a folder or a URI: search.storage)
     stages_dir: str | None = None  # the shared prune + fine-tune cache; None: <space.shared_dir>/stages
+    base_weights_sha256: str | None = None  # hashed once by the driver; None: each trial hashes the file
 
 
 class StageTimer:
@@ -101,10 +103,12 @@ def trial_stage_key(params: TrialParams, context: TrialContext, pruning) -> str:
 
     from search.inputs import dataset_fingerprint
     from search.stage_cache import file_sha256, stage_key
+    from search.storage import local_copy
 
     space = context.space
     return stage_key(
-        base_weights_sha256=file_sha256(context.base_weights), dataset_fingerprint=dataset_fingerprint(context.dataset),
+        base_weights_sha256=context.base_weights_sha256 or file_sha256(local_copy(context.base_weights)),
+        dataset_fingerprint=dataset_fingerprint(context.dataset),
         preprocessing=space.data.preprocessing, resolution=params.resolution, pruning=asdict(pruning),
         fine_tune={"steps": space.fine_tune.steps, "batch_size": space.fine_tune.batch_size,
                    "learning_rate": space.fine_tune.learning_rate},
@@ -126,12 +130,16 @@ def run_trial(params: TrialParams, context: TrialContext, *, trial_id: str) -> d
         from search.model.yolov4_tiny import build_yolov4_tiny
         from search.prune import SCHEDULES, PruningSpec, prune_and_fine_tune
         from search.quantize import QUANT_MODES, convert
+        from search import storage
         from search.stage_cache import cached_stage
         from search.tflite_model import TFLiteDetector
 
     space, data = context.space, context.dataset
     set_threads(space.budget.cpus_per_trial)
-    out_dir = Path(context.artifacts_dir) / trial_id
+    # The trial's folder in the storage; on an object store the files are made here on the node
+    # and uploaded at the end (step 6).
+    trial_location = storage.join(context.artifacts_dir, trial_id)
+    out_dir = storage.SCRATCH / "trials" / trial_id if storage.is_uri(trial_location) else Path(trial_location)
     out_dir.mkdir(parents=True, exist_ok=True)
     timer = StageTimer()
     preprocessing = space.data.preprocessing
@@ -152,7 +160,7 @@ def run_trial(params: TrialParams, context: TrialContext, *, trial_id: str) -> d
     #    Only a miss needs the base weights and the preprocessed training split.
     def fine_tune(weights_path: Path) -> float:
         train = split_arrays(data.train, resolution=params.resolution, mode=preprocessing)
-        model.load_weights(context.base_weights)
+        model.load_weights(str(storage.local_copy(context.base_weights)))
         tuned, sparsity = prune_and_fine_tune(
             model, pruning,
             steps=space.fine_tune.steps, batch_size=space.fine_tune.batch_size,
@@ -234,8 +242,14 @@ def run_trial(params: TrialParams, context: TrialContext, *, trial_id: str) -> d
         "stage_cache": "hit" if stage.hit else "miss",
         "stage_wait_s": stage.wait_s,
         "stage_key": stage_key,
-        "model_path": str(model_path),
+        "model_path": storage.join(trial_location, model_path.name),
         **timer.seconds,
     }
     (out_dir / "metrics.json").write_text(json.dumps({"params": params.__dict__, "metrics": metrics}, indent=2, default=str))
+
+    # 6. On an object store, the trial's files go up; the node keeps nothing of them.
+    if storage.is_uri(trial_location):
+        for name in ("model.tflite", "metrics.json"):
+            storage.upload(out_dir / name, storage.join(trial_location, name))
+        shutil.rmtree(out_dir, ignore_errors=True)
     return metrics

@@ -25,7 +25,6 @@ from typing import Any
 
 from ray.tune.search.optuna import OptunaSearch
 
-from search.atomic import write_text_atomic
 from search.node_lock import shared
 from search.record import TrialRecorder
 from search.space import Space
@@ -93,12 +92,15 @@ def trainable(config: dict[str, Any], context: TrialContext) -> None:
     import ray
     from ray import tune
 
+    from search import storage
+
     trial_id = tune.get_context().get_trial_id()
-    folder = Path(context.artifacts_dir) / trial_id
+    record = storage.join(context.artifacts_dir, trial_id, RESULT)
     node = {"node": ray.get_runtime_context().get_node_id(), "host": os.uname().nodename}
-    if (folder / RESULT).exists():
+    earlier = storage.read_bytes(record)
+    if earlier is not None:
         # Finished before the driver was killed, but after Tune's last state save: report it again.
-        tune.report({**json.loads((folder / RESULT).read_text()), "resumed_from_record": True})
+        tune.report({**json.loads(earlier), "resumed_from_record": True})
         return
     try:
         result = {**run_trial(TrialParams.from_config(config), context, trial_id=trial_id), **node}
@@ -106,8 +108,7 @@ def trainable(config: dict[str, Any], context: TrialContext) -> None:
         # Tune's strict metric check wants every objective in a result; None tells the recorder nothing.
         message = f"{type(error).__name__}: {error}".splitlines()[0][:500]
         result = {**{name: None for name in context.space.metric_names}, "error": message, **node}
-    folder.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(folder / RESULT, json.dumps(result, default=str))
+    storage.write_bytes(record, json.dumps(result, default=str).encode())
     tune.report(result)
 
 
@@ -189,15 +190,18 @@ def start_ray(address: str | None):
 def unreadable_on_nodes(paths: list[str]) -> list[tuple[str, str]]:
     """``(node, path)`` for each of ``paths`` that some alive node with CPUs cannot see.
 
-    Trials run on any node and read the data, the base weights and the storage by path, so every
-    node must mount them at the same path. One zero-CPU task per node looks, before any trial runs.
+    Trials run on any node and read the data, the base weights and the storage by path (or by
+    URI, for an object store), so every node must mount them at the same path, or reach the same
+    store. One zero-CPU task per node looks, before any trial runs.
     """
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     @ray.remote(num_cpus=0, max_retries=0)
     def missing(paths: list[str]) -> list[str]:
-        return [path for path in paths if not os.path.exists(path)]
+        from search import storage
+
+        return [path for path in paths if not storage.exists(path)]
 
     looks = {
         f"{node['NodeManagerAddress']} ({node['NodeID'][:8]})": missing.options(

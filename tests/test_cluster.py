@@ -25,12 +25,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+from search import storage as store
 from search.runner import run_search
 from search.space import load_space
+from tests.conftest import S3_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
-NODE_ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+# The nodes' workers reach the tests' local S3 server (tests/conftest.py) with its credentials.
+NODE_ENV = {**os.environ, **S3_ENV, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
 def test_cluster_yaml_passes_rays_own_validation():
@@ -213,3 +216,29 @@ def test_a_killed_worker_node_loses_no_trial(ray_two_nodes, shared_cache, tmp_pa
     assert all(r["status"] == "completed" for r in rows), [r["error"] for r in rows]
     info = json.loads((run_dir / "run.json").read_text())
     assert info["status"] == "finished" and info["completed_trials"] == 3
+
+
+def test_a_search_on_both_nodes_keeps_everything_in_an_object_store(ray_two_nodes, shared_cache, s3_storage, tmp_path):
+    # One resolution, no pruning: all three trials need the same prune + fine-tune stage, and two
+    # start at once on the two nodes, so the object store's lock decides who computes it.
+    space = _space(shared_cache, s3_storage, "search.resolution=64", "search.pruning.schedule=none")
+    started = time.perf_counter()
+    run_dir = run_search(space, run_dir=tmp_path / "run", address=ray_two_nodes.address, echo=[].append)
+    print(f"two-node smoke search with s3 storage: {time.perf_counter() - started:.0f}s wall")
+
+    rows = _rows(run_dir)
+    assert len(rows) == 3 and all(r["status"] == "completed" for r in rows), [r["error"] for r in rows]
+    assert len({r["node"] for r in rows}) == 2
+    assert sorted(r["stage_cache"] for r in rows) == ["hit", "hit", "miss"]  # computed once, in the store
+    trials = store.join(s3_storage, "runs", "run", "trials")
+    for r in rows:  # every trial's files are in the bucket, none in the run directory
+        assert r["model_path"] == store.join(trials, r["trial_id"], "model.tflite")
+        for name in ("model.tflite", "metrics.json", "result.json"):
+            assert store.exists(store.join(trials, r["trial_id"], name)), name
+    assert not (run_dir / "trials").exists()
+    assert store.exists(store.join(s3_storage, "stages", rows[0]["stage_key"], "weights.h5"))
+    assert [e.name.endswith(".h5") for e in store.entries(store.join(s3_storage, "base"))] == [True]
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "finished" and info["storage"]["trials"] == trials
+    exported = next(r for r in rows if r["trial_id"] == info["exported_trial"])
+    assert (run_dir / "export" / "model.tflite").read_bytes() == store.read_bytes(exported["model_path"])

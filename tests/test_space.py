@@ -65,7 +65,8 @@ def test_bad_key_message_is_pinned(tmp_path):
         (lambda r: r["base_training"].update(resolution=100), "base_training.resolution: must be a multiple of 32, but got 100"),
         (lambda r: r.update(search=None), "search: is required but missing"),
         (lambda r: r["budget"].update(trials=None), "budget: must set trials, time_budget_s or both"),
-        (lambda r: r.setdefault("storage", {}).update(path="s3://bucket/search"), "storage.path: must be a folder every node mounts at the same path (NFS, EFS; object-store URIs are not supported yet), but got the URI 's3://bucket/search'"),
+        (lambda r: r.setdefault("storage", {}).update(path="ftp://host/search"), "storage.path: must be a folder every node mounts at the same path, or an object store URI (s3://, gs://, gcs://, hdfs://, viewfs://), but got 'ftp://host/search'"),
+        (lambda r: r.setdefault("storage", {}).update(path="s3://"), "storage.path: must name a bucket (e.g. s3://my-bucket/search), but got 's3://'"),
         (lambda r: r["measure"].update(latency_min_seconds=20), "measure.latency_min_seconds: must be <= latency_max_seconds (2), but got 20"),
     ],
 )

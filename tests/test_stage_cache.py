@@ -25,7 +25,7 @@ COMPETITOR = textwrap.dedent("""
     from pathlib import Path
     from search.stage_cache import cached_stage
 
-    root, counter = Path(sys.argv[1]), Path(sys.argv[2])
+    root, counter = sys.argv[1], Path(sys.argv[2])  # a folder or an object-store URI
 
     def compute(weights):
         with counter.open("a") as f:

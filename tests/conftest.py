@@ -1,0 +1,51 @@
+"""Fixtures several test modules start: an S3-compatible object store on 127.0.0.1."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+
+import pytest
+
+# Credentials of the local store below (it accepts any); every process that talks to it needs
+# them in its environment, the Ray nodes of tests/test_cluster.py too.
+S3_ENV = {"AWS_ACCESS_KEY_ID": "search-tests", "AWS_SECRET_ACCESS_KEY": "search-tests", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """An S3 server (moto's, in this process) on 127.0.0.1; yields its ``endpoint_override``.
+
+    The project's code talks to it exactly as to AWS S3 (pyarrow's S3 client, over HTTP); only
+    the endpoint differs. Nothing is sent anywhere but 127.0.0.1.
+    """
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    os.environ.update(S3_ENV)
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_storage(s3_server) -> str:
+    """A new bucket on the local S3 server, as the ``s3://`` URI a user gives ``--storage``."""
+    from pyarrow import fs
+
+    bucket = f"search-{uuid.uuid4().hex[:12]}"
+    fs.S3FileSystem(endpoint_override=s3_server, scheme="http", region="us-east-1",
+                    allow_bucket_creation=True).create_dir(bucket)
+    return f"s3://{bucket}/search?endpoint_override={s3_server}&scheme=http&region=us-east-1"
