@@ -125,7 +125,7 @@ def run_trial(params: TrialParams, context: TrialContext, *, trial_id: str) -> d
         from objectives.latency import measure_latency
         from objectives.macs import count_macs
         from objectives.size import gzip_size_bytes, size_bytes
-        from search.compat import set_threads
+        from search.compat import keras, set_threads
         from search.data.preprocess import split_arrays
         from search.model.yolov4_tiny import build_yolov4_tiny
         from search.prune import SCHEDULES, PruningSpec, prune_and_fine_tune
@@ -144,8 +144,10 @@ def run_trial(params: TrialParams, context: TrialContext, *, trial_id: str) -> d
     timer = StageTimer()
     preprocessing = space.data.preprocessing
 
-    # 1. Build the detector at the trial's resolution (its weights come in step 2).
+    # 1. Build the detector at the trial's resolution (its weights come in step 2), in a cleared
+    #    session: a reused Ray worker (search.tuner) holds nothing of its previous trial.
     with timer("build"), shared():
+        keras.backend.clear_session()
         model = build_yolov4_tiny(num_classes=data.num_classes, resolution=params.resolution)
         macs = count_macs(model)  # deterministic cost: the same on every machine
 

@@ -135,7 +135,11 @@ def run_tuner(space: Space, context: TrialContext, *, run_dir: Path, recorder: T
             num_samples=budget.trials if budget.trials is not None else -1,
             time_budget_s=budget.time_budget_s,
             max_concurrent_trials=budget.max_concurrent,
-            reuse_actors=False,  # a fresh process per trial: TensorFlow's memory does not pile up
+            # A worker process runs trial after trial: importing TensorFlow and starting the actor
+            # (~4 s) is paid once per worker, not per trial, which is a third of a trial whose
+            # fine-tune comes from the stage cache. Its memory stays flat (12 trials in one
+            # process: 0.96-1.10 GB) because each trial starts from a cleared Keras session.
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=TUNE_DIR,
