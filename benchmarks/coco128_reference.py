@@ -23,7 +23,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from objectives.accuracy import measure_accuracy  # noqa: E402
 from search.data.dataset import Split  # noqa: E402
-from search.data.preprocess import split_arrays  # noqa: E402
 from search.data.yolo_format import load_yolo_dataset  # noqa: E402
 from search.model.darknet import load_darknet_model  # noqa: E402
 from search.quantize import convert  # noqa: E402
@@ -63,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             calibration = None
             if mode in ("int8", "int16x8"):
-                train = split_arrays(dataset.train, resolution=args.resolution, mode=args.preprocessing)
-                calibration = calibration_images(train.images, size=args.calibration, seed=0)
+                calibration = calibration_images(dataset.train, size=args.calibration, seed=0,
+                                                 resolution=args.resolution, preprocessing=args.preprocessing)
             converted = convert(model, mode=mode, calibration_images=calibration)
             result = score(TFLiteDetector(converted.content, num_threads=1))
             mode = f"{mode} ({len(converted.content) / 1e6:.1f} MB" + (f", cal {args.calibration})" if calibration is not None else ")")

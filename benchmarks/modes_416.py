@@ -157,11 +157,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown modes {unknown}; choose from {', '.join(QUANT_MODES)}")
 
     from search.prune import measured_sparsity
-    from search.trial import calibration_images
+    from search.trial import calibration_indices
 
     model, weights = base_model()
     train, data_source = train_split()
-    calibration = calibration_images(train.images, size=args.calibration_size, seed=0)
+    # As search.trial.calibration_images picks them (seeded, from train), on the decoded split.
+    picked = calibration_indices(len(train.images), size=args.calibration_size, seed=0)
+    calibration = train.images[picked].astype(np.float32) / 255.0
     start = time.perf_counter()
     pruned, sparsity = pruned_copy(model, train)
     print(f"model: YOLOv4-tiny {RESOLUTION}px {NUM_CLASSES} classes, {weights}")
