@@ -182,6 +182,14 @@ def test_storage_that_cannot_be_written(capsys, tmp_path, cache):
                     f"{blocker / 'storage'} ({blocker} is not a writable folder)")
 
 
+def test_an_object_store_that_cannot_be_written(capsys, tmp_path, cache, s3_server):
+    uri = f"s3://no-such-bucket/search?endpoint_override={s3_server}&scheme=http&region=us-east-1"
+    line = run_space(capsys, tmp_path, SMOKE, cache, "--storage", uri)
+    assert line.startswith(f"SpaceError: {SMOKE}: storage.path: must be an object store this machine can write "
+                           f"to, but writing to {uri} failed (")
+    assert "bucket does not exist" in line
+
+
 def test_resume_of_something_that_is_not_a_run(capsys, tmp_path):
     line = run_fails(capsys, "resume", str(tmp_path / "nothing"))
     assert line == (f"RunDirError: {tmp_path / 'nothing'}: not a run directory that can be resumed "
