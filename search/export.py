@@ -24,8 +24,8 @@ from search.errors import RunDirError
 from search.model.yolov4_tiny import ANCHORS, MASKS, SCALE_X_Y, STRIDES
 from search.pareto import EXPORT_RULES
 from search.provenance import package_versions
-from search.space import Space
 from search import storage
+from search.space import Space
 from search.stage_cache import WEIGHTS, stage_weights
 from search.trial import TrialContext
 

@@ -18,6 +18,7 @@ from objectives import DIRECTIONS, OBJECTIVES
 from search.data.preprocess import PREPROCESSING
 from search.errors import SpaceError
 from search.spec import Section, did_you_mean
+from search.storage import URI_SCHEMES, is_uri, uri_bucket, uri_scheme
 
 DATA_FORMATS = ("generated", "yolo", "coco")
 SAMPLERS = ("tpe", "nsga2", "random")
@@ -250,8 +251,6 @@ class Space:
         """Where what every node must read goes: the generated dataset, the base weights, the stage
         cache. ``storage.path`` when it is a folder (a cluster's shared mount), else ``cache_dir``
         (with an object store, the trials' files and the stage cache go there, ``search.storage``)."""
-        from search.storage import is_uri
-
         if self.storage_path and not is_uri(self.storage_path):
             return self.storage_path
         return self.cache_dir
@@ -441,13 +440,12 @@ def parse_space(raw: Any, *, source: str, sha256: str = "", overrides: tuple[str
     st = top.section("storage")
     cache_dir = st.string("cache_dir", ".cache/search")
     storage_path = st.string("path", optional=True)
-    from search.storage import URI_SCHEMES, is_uri, uri_scheme
-
-    if storage_path and is_uri(storage_path) and uri_scheme(storage_path) not in URI_SCHEMES:
-        st.fail("path", f"must be a folder every node mounts at the same path, or an object store URI "
-                        f"({', '.join(s + '://' for s in URI_SCHEMES)}), but got {storage_path!r}")
-    if storage_path and is_uri(storage_path) and not storage_path.split("://", 1)[1].split("?")[0].strip("/"):
-        st.fail("path", f"must name a bucket (e.g. s3://my-bucket/search), but got {storage_path!r}")
+    if storage_path and is_uri(storage_path):
+        if uri_scheme(storage_path) not in URI_SCHEMES:
+            st.fail("path", f"must be a folder every node mounts at the same path, or an object store URI "
+                            f"({', '.join(s + '://' for s in URI_SCHEMES)}), but got {storage_path!r}")
+        if not uri_bucket(storage_path):
+            st.fail("path", f"must name a bucket (e.g. s3://my-bucket/search), but got {storage_path!r}")
     storage_path = storage_path.removeprefix("file://") if storage_path else None
     st.finish()
     top.finish()
@@ -507,8 +505,6 @@ def absolute_paths(space: Space) -> Space:
     """
 
     def absolute(path: str | None) -> str | None:
-        from search.storage import is_uri
-
         return str(Path(path).expanduser().resolve()) if path and not is_uri(path) else path
 
     return replace(

@@ -41,6 +41,11 @@ def uri_scheme(location: str) -> str:
     return str(location).split("://", 1)[0].lower()
 
 
+def uri_bucket(location: str) -> str:
+    """The bucket (or host) a URI names: ``s3://bucket/prefix?query`` -> ``bucket``; "" for none."""
+    return str(location).partition("?")[0].split("://", 1)[1].strip("/").split("/", 1)[0]
+
+
 def _split(uri: str) -> tuple[str, str]:
     """(``scheme://path``, ``?query`` or ""): the query (endpoint, region) belongs to the store, not the path."""
     base, sep, query = uri.partition("?")
@@ -67,7 +72,7 @@ def _resolve(location: str):
     """(filesystem, path inside it) for an object-store location."""
     base, query = _split(location)
     scheme, rest = base.split("://", 1)
-    bucket = rest.split("/", 1)[0]
+    bucket = uri_bucket(location)
     filesystem, root = _store(f"{scheme}://{bucket}{query}")
     inner = rest[len(bucket):].strip("/")
     return filesystem, f"{root.rstrip('/')}/{inner}" if inner else root
