@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 SPACE ?= spaces/yolov4_tiny.yaml
 PYTEST_ARGS ?=
 
-.PHONY: run test smoke setup clean
+.PHONY: run test test-fast smoke setup clean
 
 run: $(STAMP)
 	$(BIN)/python -m search run $(SPACE)
@@ -18,6 +18,10 @@ smoke: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Everything but the tests marked slow (clusters, ../shared/real, full-size models).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 setup: $(STAMP)
 

@@ -21,14 +21,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from objectives.accuracy import measure_accuracy  # noqa: E402
 from search.data.dataset import Split  # noqa: E402
 from search.data.yolo_format import load_yolo_dataset  # noqa: E402
-from search.model.darknet import load_darknet_model  # noqa: E402
-from search.quantize import convert  # noqa: E402
+from search.models import get_family  # noqa: E402
+from search.objectives.accuracy import measure_accuracy  # noqa: E402
+from search.quantize import QUANT_MODES, convert  # noqa: E402
+from search.space import MeasureSpec  # noqa: E402
+from search.stages.convert import calibration_images  # noqa: E402
 from search.tflite_model import TFLiteDetector  # noqa: E402
-from search.trial import calibration_images  # noqa: E402
 
+FAMILY = "yolov4_tiny"  # the official weights' network (search.models)
 PUBLISHED = {"map50": 0.402, "map": 0.217}  # AlexeyAB's YOLOv4-tiny on COCO val2017 at 416
 
 
@@ -45,15 +47,18 @@ def main(argv: list[str] | None = None) -> int:
 
     dataset = load_yolo_dataset(args.real / "coco128" / "data.yaml")
     val = dataset.val if args.val_limit is None else Split(dataset.val.name, dataset.val.examples[: args.val_limit])
-    model, num_classes = load_darknet_model(
+    family = get_family(FAMILY)
+    model, num_classes = family.load_pretrained(
         args.real / "darknet" / "yolov4-tiny.cfg", args.real / "darknet" / "yolov4-tiny.weights", resolution=args.resolution
     )
+    heads, m = family.heads(num_classes), MeasureSpec()  # the spaces' default thresholds
     print(f"coco128 {val.name}: {len(val.examples)} images, {val.num_boxes} boxes; {args.resolution} px, "
           f"{args.preprocessing}; published COCO val2017: map50 {PUBLISHED['map50']:.3f} map {PUBLISHED['map']:.3f}")
 
     def score(predict) -> dict[str, float]:
-        return measure_accuracy(predict, val, num_classes=num_classes, resolution=args.resolution,
-                                preprocessing=args.preprocessing)
+        return measure_accuracy(predict, val, heads=heads, resolution=args.resolution, preprocessing=args.preprocessing,
+                                score_threshold=m.score_threshold, iou_threshold=m.iou_threshold,
+                                max_detections=m.max_detections)
 
     for mode in args.modes.split(","):
         start = time.perf_counter()
@@ -61,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             result = score(lambda image: [head[0].numpy() for head in model(image[None], training=False)])
         else:
             calibration = None
-            if mode in ("int8", "int16x8"):
+            if QUANT_MODES[mode].needs_calibration:
                 calibration = calibration_images(dataset.train, size=args.calibration, seed=0,
                                                  resolution=args.resolution, preprocessing=args.preprocessing)
             converted = convert(model, mode=mode, calibration_images=calibration)

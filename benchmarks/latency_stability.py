@@ -10,11 +10,12 @@ folders) runs as a subprocess meanwhile, so the lock is really contended: each m
 for the search's running stages and holds its next ones back.
 
 Prints each measurement's median and p90 as a trial reports them (over the quieter half of its
-0.5 s blocks, ``objectives/latency.py``), its spread and the median of every invoke, how long it
-waited for the lock, and the largest relative difference between the reported medians
+0.5 s blocks, ``search/objectives/latency.py``), its spread and the median of every invoke, how
+long it waited for the lock, and the largest relative difference between the reported medians
 ((max - min) / median of medians); exits 1 when that is over ``--tolerance`` (5%). The same
-difference for the every-invoke medians is printed for comparison. The lock keeps *our* trials off the node, nothing else: other users'
-processes on a shared machine still show up here, which is what the spread column is for.
+difference for the every-invoke medians is printed for comparison. The lock keeps *our* trials
+off the node, nothing else: other users' processes on a shared machine still show up here, which
+is what the spread column is for.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from a clone
 
-from objectives.latency import measure_latency  # noqa: E402
+from search.objectives.latency import measure_latency  # noqa: E402
 from search.node_lock import exclusive, shared  # noqa: E402
 
 SEARCH_TRIALS = 12  # enough to keep it running through every measurement
@@ -45,11 +46,11 @@ def build_model(*, resolution: int, mode: str) -> bytes:
     import numpy as np
 
     from search.compat import keras
-    from search.model.yolov4_tiny import build_yolov4_tiny
+    from search.models import get_family
     from search.quantize import QUANT_MODES, convert
 
     keras.utils.set_random_seed(0)
-    model = build_yolov4_tiny(num_classes=80, resolution=resolution)
+    model = get_family("yolov4_tiny").build(num_classes=80, resolution=resolution)
     calibration = None
     if QUANT_MODES[mode].needs_calibration:
         calibration = np.random.default_rng(0).random((4, resolution, resolution, 3), dtype=np.float32)

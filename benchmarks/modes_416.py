@@ -32,12 +32,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 import numpy as np
 
-from objectives.latency import measure_latency
-from objectives.macs import count_macs
-from objectives.size import gzip_size_bytes, size_bytes
+from search.models import get_family
 from search.node_lock import exclusive, shared
+from search.objectives.latency import measure_latency
+from search.objectives.macs import count_macs
+from search.objectives.size import gzip_size_bytes, size_bytes
 from search.quantize import QUANT_MODES, convert
 
+FAMILY = get_family("yolov4_tiny")
 RESOLUTION = 416
 NUM_CLASSES = 80
 REAL = Path(__file__).resolve().parents[2] / "shared" / "real"
@@ -46,6 +48,7 @@ COCO128 = REAL / "coco128" / "data.yaml"
 TARGET_SPARSITY = 0.5
 PRUNE_STEPS = 10  # the fewest ``prune`` accepts; the masks are what matters here, not recovered accuracy
 PRUNE_BATCH = 2
+PRUNE_LEARNING_RATE = 2e-4  # ``prune_and_fine_tune``'s default while it had one; only the masks matter here
 # Modes without XNNPACK kernels: a few invokes give the median to well under the mode's gap to the others.
 SLOW_MODES = {"int16x8": {"warmup": 1, "min_runs": 3, "max_seconds": 30.0}}
 SELECTIVE_FLOAT_LAYERS = 2  # int8_selective: the two ops most sensitive to int8 stay float
@@ -55,16 +58,14 @@ FAST_TIMING = {"warmup": 5, "min_runs": 20, "max_seconds": 10.0}  # measure_late
 def base_model():
     """(model, where its weights came from): the official weights when present, else random init."""
     from search.compat import keras
-    from search.model.darknet import load_darknet_model
-    from search.model.yolov4_tiny import build_yolov4_tiny
 
     if DARKNET_CFG.is_file() and DARKNET_WEIGHTS.is_file():
-        model, num_classes = load_darknet_model(DARKNET_CFG, DARKNET_WEIGHTS, resolution=RESOLUTION)
+        model, num_classes = FAMILY.load_pretrained(DARKNET_CFG, DARKNET_WEIGHTS, resolution=RESOLUTION)
         if num_classes != NUM_CLASSES:
             raise SystemExit(f"{DARKNET_CFG}: expected the {NUM_CLASSES}-class COCO cfg, but it has {num_classes} classes")
         return model, f"official Darknet weights ({DARKNET_WEIGHTS})"
     keras.utils.set_random_seed(0)
-    return build_yolov4_tiny(num_classes=NUM_CLASSES, resolution=RESOLUTION), "random init (no ../shared/real)"
+    return FAMILY.build(num_classes=NUM_CLASSES, resolution=RESOLUTION), "random init (no ../shared/real)"
 
 
 def train_split():
@@ -84,21 +85,21 @@ def train_split():
 
 def pruned_copy(model, train) -> tuple[object, float]:
     """A 50%-sparse copy of ``model`` pruned and fine-tuned by the trial's code; (model, measured sparsity)."""
-    from search.prune import PruningSpec, prune_and_fine_tune
-
-    from search.model.yolov4_tiny import build_yolov4_tiny
+    from search.prune import prune_and_fine_tune
+    from search.pruning import PruningSpec
 
     spec = PruningSpec(schedule="constant", target_sparsity=TARGET_SPARSITY)
     with shared():
         tuned, sparsity = prune_and_fine_tune(
-            model, spec, steps=PRUNE_STEPS, batch_size=PRUNE_BATCH, images=train.images, boxes=train.boxes,
-            classes=train.classes, num_classes=NUM_CLASSES,
+            model, spec, steps=PRUNE_STEPS, batch_size=PRUNE_BATCH, learning_rate=PRUNE_LEARNING_RATE,
+            images=train.images, boxes=train.boxes, classes=train.classes,
+            dense_layers=FAMILY.dense_layers(model), heads=FAMILY.heads(NUM_CLASSES),
         )
         # As a trial does: the stripped weights go into a freshly built model. ``strip_pruning``'s
         # own output is a clone that TFMOT's quantize_model cannot rebuild ("Graph disconnected").
         with tempfile.TemporaryDirectory() as tmp:
             tuned.save_weights(f"{tmp}/pruned.h5")
-            fresh = build_yolov4_tiny(num_classes=NUM_CLASSES, resolution=RESOLUTION)
+            fresh = FAMILY.build(num_classes=NUM_CLASSES, resolution=RESOLUTION)
             fresh.load_weights(f"{tmp}/pruned.h5")
     return fresh, sparsity
 
@@ -109,14 +110,15 @@ def convert_in_mode(model, *, mode: str, calibration: np.ndarray, pruned: bool):
     extra = {}
     if spec.needs_calibration:
         extra["calibration_images"] = calibration
-    if getattr(spec, "selective", False):
+    if spec.selective:
         extra["float_layers"] = SELECTIVE_FLOAT_LAYERS
-    if getattr(spec, "needs_qat", False):
+    if spec.needs_qat:
         from search.qat import quantize_aware_model
 
         # Fake quantization with ranges set on the calibration images, but no QAT fine-tune: that
         # changes the weights' values, not the graph the interpreter runs or the file's layout.
-        model = quantize_aware_model(model, preserve_sparsity=pruned, range_images=calibration)
+        model = quantize_aware_model(model, split_layers=FAMILY.channel_split_layers(model), preserve_sparsity=pruned,
+                                     range_images=calibration)
         # The weight quantizers take their ranges from the kernels on a training call only; left at
         # their initial values they round most weights to zero, and the gzip size would be fiction.
         model(calibration[:1], training=True)
@@ -157,18 +159,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown modes {unknown}; choose from {', '.join(QUANT_MODES)}")
 
     from search.prune import measured_sparsity
-    from search.trial import calibration_indices
+    from search.stages.convert import calibration_indices
 
     model, weights = base_model()
     train, data_source = train_split()
-    # As search.trial.calibration_images picks them (seeded, from train), on the decoded split.
+    # As search.stages.convert.calibration_images picks them (seeded, from train), on the decoded split.
     picked = calibration_indices(len(train.images), size=args.calibration_size, seed=0)
     calibration = train.images[picked].astype(np.float32) / 255.0
     start = time.perf_counter()
     pruned, sparsity = pruned_copy(model, train)
     print(f"model: YOLOv4-tiny {RESOLUTION}px {NUM_CLASSES} classes, {weights}")
     print(f"data: {data_source}; calibration {len(calibration)} images")
-    print(f"pruned copy: {sparsity:.3f} sparsity of the prunable kernels (dense: {measured_sparsity(model):.3f}), "
+    dense = measured_sparsity(model, dense_layers=FAMILY.dense_layers(model))
+    print(f"pruned copy: {sparsity:.3f} sparsity of the prunable kernels (dense: {dense:.3f}), "
           f"{PRUNE_STEPS} steps in {time.perf_counter() - start:.0f} s")
 
     macs = count_macs(model)

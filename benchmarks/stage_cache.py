@@ -3,9 +3,10 @@ with the stage found in the cache. Prints both trials' stage timings and the cos
 issue's goal is a cached trial at most 15% of a full one.
 
 Both trials run one after the other in one worker process, as Ray Tune runs them
-(``reuse_actors=True`` in ``search.tuner``): the process imports TensorFlow once, before either
-trial, and that start-up is printed on its own line. Each trial's wall time is everything
-``run_trial`` took in that process.
+(``reuse_actors=True`` in ``search.tuner``), each under the node lock as on a cluster node
+(``guard=node_guard``): the process imports TensorFlow once, before either trial, and that
+start-up is printed on its own line. Each trial's wall time is everything ``run_trial`` took in
+that process; its stages are ``TrialResult.seconds`` (the pipeline's steps and measurements).
 
     .venv/bin/python benchmarks/stage_cache.py                      # the full space's settings
     .venv/bin/python benchmarks/stage_cache.py --space spaces/smoke.yaml --resolution 64
@@ -23,30 +24,36 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-def _worker(params, context, trial_ids: list[str]) -> tuple[float, list[dict]]:
-    """In a new process: import what a trial imports (timed), then run the trials one by one."""
+
+def _worker(params, context, trials_dir: str, trial_ids: list[str]) -> tuple[float, list[dict]]:
+    """In a new process: import what a trial imports (timed), then run the trials one by one.
+    Each trial is returned as ``{"stage_cache", "time_<stage>_s" ..., "time_wall_s"}``."""
     import time
 
     started = time.perf_counter()
     import search.compat  # noqa: F401  TensorFlow and tf_keras, as the first trial of a worker loads them
+    from search.node_lock import node_guard
     from search.trial import run_trial
 
     start_up = time.perf_counter() - started
     results = []
     for trial_id in trial_ids:
+        out_dir = Path(trials_dir) / trial_id
+        out_dir.mkdir(parents=True)
         started = time.perf_counter()
-        metrics = run_trial(params, context, trial_id=trial_id)
-        metrics["time_wall_s"] = time.perf_counter() - started  # everything the trial took in its process
-        results.append(metrics)
+        result = run_trial(params, context, out_dir=out_dir, guard=node_guard)
+        wall = time.perf_counter() - started  # everything the trial took in its process
+        results.append({"stage_cache": result.stage_cache, **{f"time_{step}_s": s for step, s in result.seconds.items()},
+                        "time_wall_s": wall})
     return start_up, results
 
 
-def _in_one_worker(params, context, trial_ids: list[str]) -> tuple[float, list[dict]]:
+def _in_one_worker(params, context, trials_dir: str, trial_ids: list[str]) -> tuple[float, list[dict]]:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(_worker, params, context, trial_ids).result()
+        return pool.submit(_worker, params, context, trials_dir, trial_ids).result()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -59,25 +66,27 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     from search.inputs import load_data
-    from search.model.yolov4_tiny import build_yolov4_tiny
+    from search.models import get_family
+    from search.params import TrialParams
+    from search.quantize import QUANT_MODES
     from search.space import load_space
-    from search.trial import TrialContext, TrialParams
+    from search.trial import TrialContext
 
     space = load_space(args.space, tuple(args.overrides))
     dataset = load_data(space)
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "base.h5"
-        build_yolov4_tiny(num_classes=dataset.num_classes, resolution=args.resolution).save_weights(str(weights))
-        context = TrialContext(space=space, dataset=dataset, base_weights=str(weights),
-                               artifacts_dir=str(Path(tmp) / "trials"), stages_dir=str(Path(tmp) / "stages"))
+        family = get_family(space.model.name)
+        family.build(num_classes=dataset.num_classes, resolution=args.resolution).save_weights(str(weights))
+        context = TrialContext(space=space, dataset=dataset, base_weights=str(weights), stages_dir=str(Path(tmp) / "stages"))
         params = TrialParams(
             resolution=args.resolution, pruning_schedule="polynomial_decay", target_sparsity=0.5,
             pruning_structure="unstructured", quantization=args.quantization,
-            calibration_size=args.calibration_size if args.quantization in space.calibrating_modes else None,
+            calibration_size=args.calibration_size if QUANT_MODES[args.quantization].needs_calibration else None,
         )
         print(f"{args.space}: {params.describe()}, fine-tune {space.fine_tune.steps} steps x {space.fine_tune.batch_size}, "
               f"{len(dataset.val.examples)} val images, {space.budget.cpus_per_trial} thread(s)")
-        start_up, (full, cached) = _in_one_worker(params, context, ["full", "cached"])
+        start_up, (full, cached) = _in_one_worker(params, context, str(Path(tmp) / "trials"), ["full", "cached"])
 
     assert (full["stage_cache"], cached["stage_cache"]) == ("miss", "hit")
     stages = [key for key in full if key.startswith("time_") and key != "time_wall_s"]  # every stage the trial timed

@@ -15,7 +15,7 @@ EXIT_INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT; the 
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m search", description="Measured search over YOLOv4-tiny compression settings.")
+    parser = argparse.ArgumentParser(prog="python -m search", description="Measured search over a YOLO detector's compression settings.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_space(p: argparse.ArgumentParser) -> None:
@@ -78,15 +78,11 @@ def resume_command(args: argparse.Namespace) -> int:
 EXIT_NO_COMPLETED_TRIAL = 1
 
 
-def _outcome(run_dir) -> int:
+def _outcome(result) -> int:
     """0 when the search has a front; 1 when every trial failed (the run is still all on disk)."""
-    import json
-    from pathlib import Path
-
-    info = json.loads((Path(run_dir) / "run.json").read_text())
-    if info.get("completed_trials", 0) == 0:
-        print(f"NoCompletedTrial: all {info.get('failed_trials', 0)} trials failed; their errors are in "
-              f"{Path(run_dir) / 'trials.csv'}", file=sys.stderr)
+    if result.completed == 0:
+        print(f"NoCompletedTrial: all {result.failed} trials failed; their errors are in "
+              f"{result.run_dir / 'trials.csv'}", file=sys.stderr)
         return EXIT_NO_COMPLETED_TRIAL
     return 0
 

@@ -7,34 +7,14 @@ directly, so the order of imports can never pick Keras 3 by accident.
 """
 
 import os
-import sys
-from contextlib import contextmanager
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-
-@contextmanager
-def _quiet_stderr():
-    """Send file descriptor 2 to /dev/null for a moment.
-
-    Importing TensorFlow 2.21 prints INFO lines from C++ (oneDNN notice, CUDA probing) before absl
-    logging is initialised, so no environment variable silences them; on a user's terminal they
-    bury the one-line errors and the progress output. A Python exception still propagates.
-    """
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+from search.quiet import quiet_stderr  # noqa: E402
 
 
-with _quiet_stderr():
+with quiet_stderr():
     import tensorflow as tf  # noqa: E402
     import tf_keras as keras  # noqa: E402
 
@@ -49,7 +29,7 @@ def __getattr__(name: str):
     """``tfmot`` on first use (``from search.compat import tfmot``): importing it takes about a
     second, which a trial that neither prunes nor fine-tunes (a stage cache hit) need not pay."""
     if name == "tfmot":
-        with _quiet_stderr():
+        with quiet_stderr():
             import tensorflow_model_optimization as tfmot
         globals()["tfmot"] = tfmot
         return tfmot

@@ -22,23 +22,25 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from search.data.dataset import Dataset, Split
+from search.data.formats import DATA_FORMATS
 from search.errors import DataError, SpaceError
+from search.files import file_sha256, temp_path_beside, write_text_atomic
+from search.models import get_family
 from search.space import Space
+from search.spec import choose
 
 # Bump when the training code changes what a cached base model would be.
-BASE_MODEL_VERSION = 1
+BASE_MODEL_VERSION = 2  # 2: the model family is part of the key
 
 
 def check_model_files(space: Space) -> int | None:
     """The class count of the space's Darknet cfg after checking cfg and weights; ``None`` without weights.
 
     Raises ``SpaceError`` when only one of ``model.weights`` / ``model.cfg`` is set, and
-    ``WeightsError`` (one line) for a missing file, a cfg that is not YOLOv4-tiny, a header that
-    is not Darknet's, or a weights file of another size than the cfg's class count needs.
-    No model is built: this is meant to run before anything else does.
+    ``WeightsError`` (one line) for a missing file, a cfg that is not the model family's, a
+    header that is not Darknet's, or a weights file of another size than the cfg's class count
+    needs. No model is built: this is meant to run before anything else does.
     """
-    from search.model.darknet import check_darknet_files
-
     weights, cfg = space.model.weights, space.model.cfg
     if not weights and not cfg:
         return None
@@ -46,7 +48,7 @@ def check_model_files(space: Space) -> int | None:
         raise SpaceError(f"{space.path}: model.cfg: is required with model.weights (the Darknet .cfg of {weights}), but got nothing")
     if not weights:
         raise SpaceError(f"{space.path}: model.weights: is required with model.cfg (the Darknet .weights for {cfg}), but got nothing")
-    return check_darknet_files(Path(cfg), Path(weights))
+    return get_family(space.model.name).check_files(Path(cfg), Path(weights))
 
 
 def load_data(space: Space) -> Dataset:
@@ -56,24 +58,8 @@ def load_data(space: Space) -> Dataset:
     """
     cfg_classes = check_model_files(space)
     spec = space.data
-    if spec.format == "generated":
-        from search.data.generated import generate_shapes_dataset
-        from search.data.yolo_format import load_yolo_dataset
-
-        g = spec.generated
-        data_yaml = generate_shapes_dataset(
-            Path(space.shared_dir) / "data" / f"shapes-s{g.seed}-{g.num_train}-{g.num_val}-{g.image_size}",
-            seed=g.seed, num_train=g.num_train, num_val=g.num_val, image_size=g.image_size,
-        )
-        dataset = load_yolo_dataset(data_yaml)
-    elif spec.format == "yolo":
-        from search.data.yolo_format import load_yolo_dataset
-
-        dataset = load_yolo_dataset(Path(spec.path))
-    else:
-        from search.data.coco_format import load_coco_folder
-
-        dataset = load_coco_folder(Path(spec.path))
+    data_format = choose(DATA_FORMATS, spec.format, what="data.format")
+    dataset = data_format.load(spec, shared_dir=Path(space.shared_dir))
     if spec.val_limit is not None:
         dataset = replace(dataset, val=Split(dataset.val.name, dataset.val.examples[: spec.val_limit]))
     check_against_space(dataset, space, cfg_classes=cfg_classes)
@@ -87,7 +73,7 @@ def check_against_space(dataset: Dataset, space: Space, *, cfg_classes: int | No
             f"{space.model.cfg}: the cfg has classes={cfg_classes} but the data ({dataset.source}) has "
             f"{dataset.num_classes} names; they must agree (model.cfg, data.path)"
         )
-    from search.prune import MIN_PRUNING_STEPS
+    from search.pruning import MIN_PRUNING_STEPS
 
     if set(space.search.pruning_schedule.values) != {"none"} and space.fine_tune.steps < MIN_PRUNING_STEPS:
         # Not a trial's failure but the space's: every pruned trial would fail the same way.
@@ -129,26 +115,18 @@ class BaseModel:
     resolution: int
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def base_model(space: Space, dataset: Dataset, *, progress: bool = True) -> BaseModel:
     """Cached base weights for ``space`` on ``dataset``: trained from scratch or imported."""
     resolution = space.base_training.resolution
     if space.model.weights:
         # Nothing is trained; only the resolution of the reference mAP comes from base_training.
-        origin = {"darknet_weights": _sha256_file(Path(space.model.weights)), "cfg": _sha256_file(Path(space.model.cfg)),
+        origin = {"darknet_weights": file_sha256(space.model.weights), "cfg": file_sha256(space.model.cfg),
                   "resolution": resolution}
     else:
         origin = {"training": asdict(space.base_training), "seed": space.budget.seed}
     key_material = {
-        "version": BASE_MODEL_VERSION, "classes": list(dataset.names), "data": dataset_fingerprint(dataset),
-        "preprocessing": space.data.preprocessing, **origin,
+        "version": BASE_MODEL_VERSION, "model": space.model.name, "classes": list(dataset.names),
+        "data": dataset_fingerprint(dataset), "preprocessing": space.data.preprocessing, **origin,
     }
     key = hashlib.sha256(json.dumps(key_material, sort_keys=True).encode()).hexdigest()[:16]
     folder = Path(space.shared_dir) / "base"  # every node loads it when it fine-tunes
@@ -166,26 +144,27 @@ def base_model(space: Space, dataset: Dataset, *, progress: bool = True) -> Base
     accuracy = _keras_accuracy(model, space, dataset, resolution)
 
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f"{key}.{os.getpid()}.tmp.h5"
+    tmp = temp_path_beside(weights)  # keeps ".h5": Keras picks the format by the suffix
     model.save_weights(str(tmp))
     os.replace(tmp, weights)  # atomic: a killed run never leaves half a weights file under the key
     info = {"source": source, "resolution": resolution, "seconds": round(seconds, 1), **accuracy, "key_material": key_material}
-    tmp_card = folder / f"{key}.{os.getpid()}.tmp.json"
-    tmp_card.write_text(json.dumps(info, indent=2))
-    os.replace(tmp_card, card)
+    write_text_atomic(card, json.dumps(info, indent=2))
     return BaseModel(str(weights.resolve()), key, source, False, seconds, accuracy.get("map50"), accuracy.get("map"), resolution)
 
 
 def _train_from_scratch(space: Space, dataset: Dataset, resolution: int, *, progress: bool):
     from search.data.preprocess import split_arrays
-    from search.model.yolov4_tiny import build_yolov4_tiny
     from search.train import train
 
     spec = space.base_training
+    family = get_family(space.model.name)
     arrays = split_arrays(dataset.train, resolution=resolution, mode=space.data.preprocessing)
-    model = build_yolov4_tiny(num_classes=dataset.num_classes, resolution=resolution)
+    from search.compat import keras
+
+    keras.utils.set_random_seed(space.budget.seed)  # the initial weights too: the same space trains the same base model
+    model = family.build(num_classes=dataset.num_classes, resolution=resolution)
     train(
-        model, images=arrays.images, boxes=arrays.boxes, classes=arrays.classes, num_classes=dataset.num_classes,
+        model, heads=family.heads(dataset.num_classes), images=arrays.images, boxes=arrays.boxes, classes=arrays.classes,
         steps=spec.steps, batch_size=spec.batch_size, learning_rate=spec.learning_rate, seed=space.budget.seed,
         progress="base model" if progress else None,
     )
@@ -193,9 +172,8 @@ def _train_from_scratch(space: Space, dataset: Dataset, resolution: int, *, prog
 
 
 def _import_darknet(space: Space, dataset: Dataset, resolution: int):
-    from search.model.darknet import load_darknet_model
-
-    model, num_classes = load_darknet_model(space.model.cfg, space.model.weights, resolution=resolution)
+    family = get_family(space.model.name)
+    model, num_classes = family.load_pretrained(space.model.cfg, space.model.weights, resolution=resolution)
     if num_classes != dataset.num_classes:
         raise DataError(
             f"{space.model.cfg}: the cfg has {num_classes} classes but the data ({dataset.source}) has "
@@ -205,14 +183,14 @@ def _import_darknet(space: Space, dataset: Dataset, resolution: int):
 
 
 def _keras_accuracy(model, space: Space, dataset: Dataset, resolution: int) -> dict[str, float]:
-    from objectives.accuracy import measure_accuracy
+    from search.objectives.accuracy import measure_accuracy
 
     def predict(image):
         return [head[0].numpy() for head in model(image[None], training=False)]
 
     m = space.measure
     return measure_accuracy(
-        predict, dataset.val, num_classes=dataset.num_classes, resolution=resolution,
+        predict, dataset.val, heads=get_family(space.model.name).heads(dataset.num_classes), resolution=resolution,
         preprocessing=space.data.preprocessing, score_threshold=m.score_threshold,
         iou_threshold=m.iou_threshold, max_detections=m.max_detections,
     )

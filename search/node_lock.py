@@ -20,6 +20,7 @@ from __future__ import annotations
 import fcntl
 import os
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -57,3 +58,12 @@ def exclusive():
     finally:
         os.close(main)
         os.close(turnstile)
+
+
+@contextmanager
+def node_guard(*, alone: bool = False):
+    """The guard ``search.trial.run_trial`` wraps each step in on a cluster node: the lock shared
+    for a computing step, exclusive for one that times (``alone``). Yields the seconds waited."""
+    asked = time.perf_counter()
+    with exclusive() if alone else shared():
+        yield round(time.perf_counter() - asked, 3)

@@ -10,10 +10,12 @@ Three things TFMOT 0.8.1 needs from this model:
 
 - The CSP split is a ``keras.layers.Lambda`` that ``quantize_model`` refuses and that TFMOT's
   model transformer cannot even re-create (it deserialises layers, and Keras refuses a Python
-  lambda in safe mode). The QAT clone replaces it by ``SecondHalfChannels``, a registered layer
-  computing the same slice, annotated with no quantizers (``NoQuantizeConfig``): a slice moves int8 values without changing their
-  scale, so it needs no quantizer of its own (it converts to an int8 STRIDED_SLICE). The float
-  model, and so Darknet loading and the OpenCV parity, are untouched.
+  lambda in safe mode). The QAT clone replaces each layer the model's family names as a split
+  (``ModelFamily.channel_split_layers``) by ``SecondHalfChannels``, a registered layer computing
+  the same slice, annotated with no quantizers (``NoQuantizeConfig``): a slice moves int8 values
+  without changing their scale, so it needs no quantizer of its own (it converts to an int8
+  STRIDED_SLICE). Any other Lambda is refused. The float model, and so Darknet loading and the
+  OpenCV parity, are untouched.
 - Conv2D + BatchNormalization + LeakyReLU: the default scheme's ``Conv2DBatchNormQuantize``
   transform drops the fake quantization between the conv and its BN (the converter folds BN into
   the conv) and LeakyReLU is in its registry with an output quantizer, so the converted model is
@@ -29,12 +31,13 @@ zero mask, so the fine-tune cannot grow back the weights pruning removed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 
 from search.compat import keras, tfmot
-from search.prune import is_pruned_layer
+from search.models.family import YoloHeads
+from search.prune import copy_weights, is_pruned_layer
 from search.train import train
 
 __all__ = ["SecondHalfChannels", "NoQuantizeConfig", "qat_sparsity", "quantize_aware_model", "quantize_aware_fine_tune", "QAT_LEARNING_RATE"]
@@ -80,34 +83,40 @@ class NoQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
         return {}
 
 
-def _is_channel_split(layer) -> bool:
-    return (
-        isinstance(layer, keras.layers.Lambda)
-        and layer.input_shape[-1] is not None
-        and tuple(layer.output_shape) == (*layer.input_shape[:-1], layer.input_shape[-1] // 2)
-    )
+def _check_splits(model: keras.Model, split_layers: Collection[str]) -> None:
+    """Each named split must be a layer of ``model`` whose output is its input's second half of channels."""
+    layers = {layer.name: layer for layer in model.layers}
+    for name in sorted(split_layers):
+        layer = layers.get(name)
+        if layer is None:
+            raise ValueError(f"split_layers must name layers of model {model.name!r}, but {name!r} is not in it.")
+        halved = (*layer.input_shape[:-1], layer.input_shape[-1] // 2) if layer.input_shape[-1] else None
+        if tuple(layer.output_shape) != halved:
+            raise ValueError(
+                f"a channel split must halve the channels, but layer {name!r} maps {layer.input_shape} to {layer.output_shape}."
+            )
 
 
-def _annotated_clone(model: keras.Model) -> keras.Model:
-    """A clone with every layer annotated for quantization and each CSP split made serialisable."""
+def _annotated_clone(model: keras.Model, *, split_layers: Collection[str]) -> keras.Model:
+    """A clone with every layer annotated for quantization and each channel split made serialisable."""
+    _check_splits(model, split_layers)
 
     def clone_layer(layer):
-        if isinstance(layer, keras.layers.Lambda):
-            if not _is_channel_split(layer):
-                raise ValueError(f"QAT supports the CSP channel split Lambda only, but layer {layer.name!r} is another Lambda.")
+        if layer.name in split_layers:
             # Annotated with no quantizers: the prune-preserving scheme insists every layer has a config.
             return tfmot.quantization.keras.quantize_annotate_layer(
                 SecondHalfChannels(name=layer.name), quantize_config=NoQuantizeConfig()
+            )
+        if isinstance(layer, keras.layers.Lambda):
+            raise ValueError(
+                f"QAT supports the channel split Lambda only ({', '.join(sorted(split_layers))}), but layer "
+                f"{layer.name!r} is another Lambda."
             )
         fresh = layer.__class__.from_config(layer.get_config())
         return tfmot.quantization.keras.quantize_annotate_layer(fresh)
 
     clone = keras.models.clone_model(model, clone_function=clone_layer)
-    by_name = {getattr(layer, "layer", layer).name: layer for layer in clone.layers}
-    for layer in model.layers:
-        if layer.weights:
-            target = by_name[layer.name]
-            getattr(target, "layer", target).set_weights(layer.get_weights())
+    copy_weights(model, clone)
     return clone
 
 
@@ -149,11 +158,14 @@ def _initialise_ranges(qat_model: keras.Model, ranges: dict[str, tuple[float, fl
     return count // 2
 
 
-def quantize_aware_model(model: keras.Model, *, preserve_sparsity: bool, range_images: np.ndarray) -> keras.Model:
+def quantize_aware_model(
+    model: keras.Model, *, split_layers: Collection[str], preserve_sparsity: bool, range_images: np.ndarray
+) -> keras.Model:
     """A QAT clone of ``model`` (fake quantization on weights and outputs), ranges set on ``range_images``.
 
-    ``model`` is not touched. ``range_images``: float32 ``(n, r, r, 3)`` in ``[0, 1]``. With
-    ``preserve_sparsity`` the weight quantizers keep the kernels' zeros (prune-preserving QAT).
+    ``model`` is not touched. ``split_layers``: its channel-split Lambdas (the family's
+    ``channel_split_layers(model)``). ``range_images``: float32 ``(n, r, r, 3)`` in ``[0, 1]``.
+    With ``preserve_sparsity`` the weight quantizers keep the kernels' zeros (prune-preserving QAT).
     """
     quantize = tfmot.quantization.keras
     scheme = (
@@ -162,7 +174,7 @@ def quantize_aware_model(model: keras.Model, *, preserve_sparsity: bool, range_i
         else quantize.default_8bit.Default8BitQuantizeScheme()
     )
     with quantize.quantize_scope({"SecondHalfChannels": SecondHalfChannels, "NoQuantizeConfig": NoQuantizeConfig}):
-        qat_model = quantize.quantize_apply(_annotated_clone(model), scheme)
+        qat_model = quantize.quantize_apply(_annotated_clone(model, split_layers=split_layers), scheme)
     if _initialise_ranges(qat_model, _float_ranges(model, range_images)) == 0:
         raise RuntimeError("QAT model has no activation quantizers to initialise; TFMOT's naming changed?")
     return qat_model
@@ -171,12 +183,13 @@ def quantize_aware_model(model: keras.Model, *, preserve_sparsity: bool, range_i
 def quantize_aware_fine_tune(
     model: keras.Model,
     *,
+    heads: YoloHeads,
+    split_layers: Collection[str],
     preserve_sparsity: bool,
     steps: int,
     images: np.ndarray,
     boxes: Sequence,
     classes: Sequence,
-    num_classes: int,
     batch_size: int = 8,
     learning_rate: float = QAT_LEARNING_RATE,
     seed: int = 0,
@@ -184,37 +197,33 @@ def quantize_aware_fine_tune(
 ) -> keras.Model:
     """Make a QAT clone of ``model`` and fine-tune it ``steps`` steps; ready for ``convert(..., mode="qat_int8")``.
 
-    ``images`` are the uint8 training images (as ``search.train.train`` takes them); the first
-    ``RANGE_IMAGES`` of a seeded draw set the initial activation ranges. Use
-    ``preserve_sparsity=True`` on a pruned model, or the fine-tune fills its zeros back in.
+    ``heads`` and ``split_layers`` come from the model's family (``heads(num_classes)``,
+    ``channel_split_layers(model)``). ``images`` are the uint8 training images (as
+    ``search.train.train`` takes them); the first ``RANGE_IMAGES`` of a seeded draw set the
+    initial activation ranges. Use ``preserve_sparsity=True`` on a pruned model, or the fine-tune
+    fills its zeros back in.
     """
     picked = np.random.default_rng(seed).choice(len(images), size=min(RANGE_IMAGES, len(images)), replace=False)
     range_images = images[np.sort(picked)].astype(np.float32) / 255.0
-    qat_model = quantize_aware_model(model, preserve_sparsity=preserve_sparsity, range_images=range_images)
-    train(
-        qat_model,
-        images=images,
-        boxes=boxes,
-        classes=classes,
-        num_classes=num_classes,
-        steps=steps,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        seed=seed,
-        progress=progress,
+    qat_model = quantize_aware_model(
+        model, split_layers=split_layers, preserve_sparsity=preserve_sparsity, range_images=range_images
     )
+    train(qat_model, heads=heads, images=images, boxes=boxes, classes=classes, steps=steps, batch_size=batch_size,
+          learning_rate=learning_rate, seed=seed, progress=progress)
     return qat_model
 
 
-def qat_sparsity(qat_model: keras.Model) -> float:
+def qat_sparsity(qat_model: keras.Model, *, dense_layers: Sequence[str]) -> float:
     """``search.prune.measured_sparsity`` for a QAT model: zeros in the float kernels the wrappers quantize.
 
+    ``dense_layers`` as for pruning (the family's ``dense_layers(model)``): the convs not counted.
     (A QAT wrapper replaces its conv's ``kernel`` attribute by the fake-quantized tensor, so the
     variable is read from the wrapper's weights.)
     """
     zeros = total = 0
     for layer in qat_model.layers:
-        if isinstance(layer, tfmot.quantization.keras.QuantizeWrapperV2) and is_pruned_layer(layer.layer):
+        wrapped = isinstance(layer, tfmot.quantization.keras.QuantizeWrapperV2)
+        if wrapped and is_pruned_layer(layer.layer, dense_layers=dense_layers):
             (kernel,) = [w for w in layer.weights if w.name == f"{layer.layer.name}/kernel:0"]
             values = kernel.numpy()
             zeros += int(np.count_nonzero(values == 0.0))

@@ -1,117 +1,163 @@
-"""The record of a search: one row per finished trial, kept on disk as the search runs.
+"""The record of a search: one typed ``TrialRecord`` per finished trial, kept on disk as it runs.
 
-``TrialRecorder`` is a Ray Tune callback. Each time a trial completes or fails it adds the row
-(parameters as ``param.<name>``, every measured metric, achieved sparsity, audit, stage timings,
-or the error) and rewrites ``trials.csv`` atomically, so a killed driver leaves every finished
-trial on disk. It also prints one progress line per trial.
+``trials.json`` is the machine record (every record whole, as ``TrialRecord.to_dict``);
+``trials.csv`` is a view of it for people and spreadsheets: one row per trial, parameters as
+``param.<name>``, then one column per value and detail the measurements can write
+(``search.objectives.recorded_columns``), then how the trial was made and where. Both are
+rewritten atomically after every trial, so a killed driver leaves every finished trial on disk.
 
-A trial's own error arrives as a result with an ``error`` field (see ``search.tuner``); a trial
-that died of an infrastructure failure after its retries arrives through ``on_trial_error``. A
-resumed search starts from the rows already in ``trials.csv``, and a trial reported twice (it
-finished just before the driver died) keeps one row.
+The Ray Tune callback that keeps them is ``search.tuner.TrialRecorder``: this module knows
+nothing of Ray, so the report and the export read records without importing it.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import time
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ray import tune
+from search.files import write_text_atomic
+from search.objectives import OBJECTIVES, recorded_columns, unrecordable
+from search.errors import SpaceError
+from search.params import TrialParams
 
-from search.atomic import write_text_atomic
-from search.trial import TrialParams
-
-PARAMS = tuple(f"param.{name}" for name in TrialParams.__dataclass_fields__)
-METRICS = ("map50", "map", "size_bytes", "size_gzip_bytes", "latency_ms", "latency_p90_ms", "latency_spread", "latency_median_all_ms",
-           "latency_runs", "latency_threads", "latency_cpus", "latency_lock_wait_s", "macs", "sparsity", "audit", "float_layers", "calibration_s")
-TIMINGS = ("time_build_s", "time_fine_tune_s", "time_qat_s", "time_convert_s", "time_evaluate_s",
-           "time_latency_s", "time_total_s")
-# stage_cache: whether the prune + fine-tune stage was computed ("miss") or reused ("hit");
-# stage_wait_s: of time_fine_tune_s, the time spent waiting for another trial computing it;
-# stage_key: its folder under the stage cache (the export's error report rebuilds the model from it).
-STAGE = ("stage_cache", "stage_wait_s", "stage_key")
-PLACE = ("node", "host", "cpu_model")  # node: Ray's node id (nodes on one machine share a host name)
-COLUMNS = ("trial_id", "status", "error", *PARAMS, *METRICS, *STAGE, *TIMINGS, *PLACE, "model_path")
+COMPLETED, FAILED = "completed", "failed"
+RECORDS = "trials.json"
+TABLE = "trials.csv"
+PARAMS = TrialParams.names()
+STAGES = ("build", "fine_tune", "qat", "convert")  # the pipeline's steps before the measurements
 
 
-def row_for(trial_id: str, config: dict[str, Any], result: dict[str, Any] | None, error: str | None) -> dict[str, Any]:
-    row: dict[str, Any] = {"trial_id": trial_id, "status": "failed" if error else "completed", "error": error or ""}
-    for name in TrialParams.__dataclass_fields__:
-        row[f"param.{name}"] = config.get(name, "")
-    result = result or {}
-    for key in (*METRICS, *STAGE, *TIMINGS[:-1], *PLACE, "model_path"):
-        value = result.get(key)
-        row[key] = "" if value is None else value
-    # The pipeline's own time, not Tune's `time_total_s` (the actor's, which a resumed trial resets).
-    stages = [float(result[t]) for t in TIMINGS[:-1] if result.get(t) is not None]  # a mode has the stages it needs
-    row["time_total_s"] = round(sum(stages), 3) if stages else ""
-    return row
+@dataclass(frozen=True)
+class TrialRecord:
+    """Everything known about one finished trial."""
+
+    trial_id: str
+    status: str  # COMPLETED or FAILED
+    error: str = ""
+    params: dict[str, Any] = field(default_factory=dict)  # as proposed; a parameter that had no effect is absent
+    metrics: dict[str, Any] = field(default_factory=dict)  # every value and detail the measurements returned
+    sparsity: float | None = None  # measured on the converted model's source weights
+    audit: str = ""  # the conversion audit's summary line
+    float_layers: tuple[str, ...] = ()  # ops kept in float (selective modes)
+    calibration_s: float | None = None
+    stage_cache: str = ""  # "hit" or "miss": whether the prune + fine-tune stage was reused
+    stage_wait_s: float | None = None  # of the fine-tune time, waiting for another trial computing it
+    stage_key: str = ""  # its key in the stage cache (the export's error report rebuilds from it)
+    lock_wait_s: float | None = None  # waiting for the node to be ours before timing (not a stage)
+    seconds: dict[str, float] = field(default_factory=dict)  # per pipeline stage and measurement
+    node: str = ""  # Ray's node id (nodes on one machine share a host name)
+    host: str = ""
+    model_path: str = ""  # the trial's .tflite: a path or an object-store URI
+
+    @property
+    def completed(self) -> bool:
+        return self.status == COMPLETED
+
+    def value(self, name: str) -> float:
+        return float(self.metrics[name])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "float_layers": list(self.float_layers)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrialRecord:
+        names = cls.__dataclass_fields__
+        values = {k: v for k, v in data.items() if k in names}
+        return cls(**{**values, "float_layers": tuple(values.get("float_layers") or ())})
+
+    def total_seconds(self) -> float | None:
+        """The pipeline's own time, not Tune's (the actor's, which a resumed trial resets)."""
+        return round(sum(self.seconds.values()), 3) if self.seconds else None
+
+    def describe(self) -> str:
+        """One line for the progress output."""
+        if not self.completed:
+            return f"FAILED: {self.error}"
+        parts = [f"{name}={_short(name, self.metrics[name])}" for name in ("map50", "size_bytes", "latency_ms")
+                 if name in self.metrics]
+        return " ".join([*parts, f"sparsity={self.sparsity or 0:.2f}"])
 
 
-def rows_to_csv(rows: list[dict[str, Any]]) -> str:
+def _short(name: str, value: Any) -> str:
+    if name.startswith("size"):
+        return f"{float(value) / 1e6:.2f} MB"
+    if name.startswith("latency"):
+        return f"{float(value):.1f} ms"
+    return f"{float(value):.3f}"
+
+
+def check_recordable(objective_names: Sequence[str], *, source: str) -> None:
+    """Refuse, before anything runs, an objective no measurement declares (it could not be recorded)."""
+    missing = unrecordable(objective_names)
+    if missing:
+        name = missing[0]
+        raise SpaceError(f"{source}: objectives: {name} cannot be recorded: its measurement "
+                         f"'{OBJECTIVES[name].measurement.name}' yields {list(OBJECTIVES[name].measurement.values)}, "
+                         f"but not {name!r}")
+
+
+# --- the table view ------------------------------------------------------------------------------
+
+MEASURED = recorded_columns()
+MADE = ("sparsity", "audit", "float_layers", "calibration_s", "stage_cache", "stage_wait_s", "stage_key", "lock_wait_s")
+
+
+def time_columns() -> tuple[str, ...]:
+    from search.objectives import measurements_for
+
+    steps = (*STAGES, *(m.name for m in measurements_for(OBJECTIVES)))
+    return (*(f"time_{step}_s" for step in steps), "time_total_s")
+
+
+COLUMNS = ("trial_id", "status", "error", *(f"param.{p}" for p in PARAMS), *MEASURED, *MADE, *time_columns(),
+           "node", "host", "model_path")
+
+
+def csv_row(record: TrialRecord) -> dict[str, Any]:
+    """The record as one flat row of ``trials.csv`` (missing values are empty cells)."""
+    row: dict[str, Any] = {"trial_id": record.trial_id, "status": record.status, "error": record.error}
+    row.update({f"param.{p}": record.params.get(p) for p in PARAMS})
+    row.update({c: record.metrics.get(c) for c in MEASURED})
+    data = record.to_dict()
+    row.update({c: data[c] for c in MADE})
+    row["float_layers"] = ";".join(record.float_layers)
+    row.update({f"time_{step}_s": s for step, s in record.seconds.items()})
+    row.update(time_total_s=record.total_seconds(), node=record.node, host=record.host, model_path=record.model_path)
+    return {k: ("" if v is None else v) for k, v in row.items()}
+
+
+def records_to_csv(records: Sequence[TrialRecord]) -> str:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore")
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS)  # a column nobody declared is an error, not dropped
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(csv_row(r) for r in records)
     return buffer.getvalue()
 
 
+def write_records(run_dir: Path, records: Sequence[TrialRecord]) -> None:
+    """``trials.json`` (the record) and ``trials.csv`` (its view), each replaced atomically."""
+    write_text_atomic(Path(run_dir) / RECORDS, json.dumps({"trials": [r.to_dict() for r in records]}, indent=1, default=str))
+    write_text_atomic(Path(run_dir) / TABLE, records_to_csv(records))
+
+
+def read_records(run_dir: Path) -> list[TrialRecord]:
+    """The records of a run (none when it has not finished a trial yet)."""
+    try:
+        data = json.loads((Path(run_dir) / RECORDS).read_text())
+    except FileNotFoundError:
+        return []
+    return [TrialRecord.from_dict(d) for d in data["trials"]]
+
+
 def read_rows(path: Path) -> list[dict[str, Any]]:
-    """The rows of a ``trials.csv`` (none when it does not exist yet)."""
+    """The rows of a ``trials.csv`` as strings (for people's scripts and tests; the code reads records)."""
     try:
         with Path(path).open(newline="") as f:
             return list(csv.DictReader(f))
     except FileNotFoundError:
         return []
-
-
-def describe_metrics(row: dict[str, Any]) -> str:
-    size = float(row["size_bytes"]) / 1e6
-    return f"map50={float(row['map50']):.3f} size={size:.2f} MB latency={float(row['latency_ms']):.1f} ms sparsity={float(row['sparsity']):.2f}"
-
-
-class TrialRecorder(tune.Callback):
-    """Collects finished trials into ``rows`` and keeps ``<run_dir>/trials.csv`` current."""
-
-    def __init__(self, run_dir: Path, *, budget: int | None, echo=print):
-        self.run_dir = Path(run_dir)
-        self.budget = budget
-        self.echo = echo
-        self.rows: list[dict[str, Any]] = []
-        self._started: dict[str, float] = {}
-
-    def setup(self, **info):
-        # A resumed search continues the record it left on disk.
-        self.rows = read_rows(self.run_dir / "trials.csv")
-
-    def on_trial_start(self, iteration, trials, trial, **info):
-        self._started[trial.trial_id] = time.monotonic()
-        self.echo(f"  started  {trial.trial_id}: {TrialParams.from_config(trial.config).describe()}")
-
-    def on_trial_recover(self, iteration, trials, trial, **info):
-        self.echo(f"  retrying {trial.trial_id}: its worker process or node was lost (failure {trial.num_failures})")
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        result = trial.last_result or {}
-        self._finish(trial, result=result, error=result.get("error") or None)
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        self._finish(trial, result=None, error=self._error_of(trial))
-
-    @staticmethod
-    def _error_of(trial) -> str:
-        # Died outside the pipeline (a killed worker or node): Ray's own message, its last line.
-        message = str(getattr(trial, "error_msg", "") or "trial process failed")
-        return message.strip().splitlines()[-1][:500]
-
-    def _finish(self, trial, *, result: dict[str, Any] | None, error: str | None) -> None:
-        row = row_for(trial.trial_id, trial.config, result, error)
-        self.rows = [r for r in self.rows if r["trial_id"] != trial.trial_id] + [row]
-        write_text_atomic(self.run_dir / "trials.csv", rows_to_csv(self.rows))
-        seconds = time.monotonic() - self._started.get(trial.trial_id, time.monotonic())
-        count = f"{len(self.rows)}/{self.budget}" if self.budget else str(len(self.rows))
-        outcome = f"FAILED: {error}" if error else describe_metrics(row)
-        self.echo(f"[{count:>7}] {trial.trial_id} in {seconds:4.0f}s | {TrialParams.from_config(trial.config).describe()} | {outcome}")

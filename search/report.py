@@ -1,47 +1,21 @@
 """What a person reads after a search: the front as a table, as CSV, and as plots.
 
-Everything here consumes the value ``Front`` (rows and indices, computed by ``search.pareto``);
-nothing here decides what is on the front.
+Everything here consumes the value ``search.pareto.Front`` (records and indices); nothing here
+decides what is on the front.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from objectives import OBJECTIVES
-from search.atomic import write_bytes_atomic, write_text_atomic
-from search.pareto import pareto_front, pick_export
-from search.record import rows_to_csv
+from search.files import write_bytes_atomic, write_text_atomic
+from search.objectives import OBJECTIVES
+from search.pareto import Front
+from search.record import TrialRecord, csv_row, records_to_csv
 from search.space import Space
-
-
-@dataclass(frozen=True)
-class Front:
-    completed: list[dict[str, Any]]  # completed trials, in the order they finished
-    members: list[int]  # indices into ``completed`` of the non-dominated trials
-    exported: int | None  # index into ``completed`` of the trial the export rule picked
-
-    @property
-    def rows(self) -> list[dict[str, Any]]:
-        return [self.completed[i] for i in self.members]
-
-
-def compute_front(rows: list[dict[str, Any]], space: Space) -> Front:
-    completed = [r for r in rows if r["status"] == "completed"]
-    values = [[float(r[name]) for name in space.metric_names] for r in completed]
-    directions = [o.direction for o in space.objectives]
-    members = pareto_front(values, directions)
-    e = space.export
-    exported = pick_export(
-        values, space.metric_names, directions, rule=e.rule, accuracy=e.accuracy,
-        max_size_bytes=e.max_size_bytes, max_latency_ms=e.max_latency_ms,
-        size_bytes=[float(r["size_bytes"]) for r in completed], latency_ms=[float(r["latency_ms"]) for r in completed],
-    ) if completed else None
-    return Front(completed, members, exported)
 
 
 def _fmt(name: str, value: Any) -> str:
@@ -56,18 +30,46 @@ def _fmt(name: str, value: Any) -> str:
     return str(value)
 
 
-TABLE_COLUMNS = ("trial_id", "param.resolution", "param.pruning_schedule", "param.target_sparsity", "param.quantization",
-                 "param.calibration_size", "map50", "map", "size_bytes", "latency_ms", "sparsity")
+PARAM_COLUMNS = ("resolution", "pruning_schedule", "target_sparsity", "quantization", "calibration_size")
 
 
-def summary_table(front: Front) -> str:
+def _table_cells(record: TrialRecord, objectives: list[str]) -> dict[str, Any]:
+    """The record as the front table shows it: id, the main parameters, the space's objectives, sparsity."""
+    row = csv_row(record)
+    return {"trial_id": record.trial_id, **{p: row[f"param.{p}"] for p in PARAM_COLUMNS},
+            **{name: row[name] for name in objectives}, "sparsity": row["sparsity"]}
+
+
+def summary_table(front: Front, space: Space) -> str:
     """The front as a fixed-width text table, most accurate first; the exported trial marked *."""
-    header = ["", *(c.removeprefix("param.") for c in TABLE_COLUMNS)]
-    order = sorted(front.members, key=lambda i: -float(front.completed[i]["map50"] or 0))
-    lines = [[("*" if i == front.exported else ""), *(_fmt(c, front.completed[i][c]) for c in TABLE_COLUMNS)] for i in order]
+    objectives, accuracy = space.metric_names, space.export.accuracy
+    order = sorted(front.members, key=lambda i: -front.completed[i].value(accuracy))
+    cells = [_table_cells(front.completed[i], objectives) for i in order]
+    header = ["", "trial_id", *PARAM_COLUMNS, *objectives, "sparsity"]
+    lines = [[("*" if i == front.exported else ""), *(_fmt(k, v) for k, v in c.items())] for i, c in zip(order, cells)]
     widths = [max(len(str(row[k])) for row in [header, *lines]) for k in range(len(header))]
     render = lambda row: "  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip()  # noqa: E731
     return "\n".join([render(header), *map(render, lines)])
+
+
+UNITS = {"bytes": ("MB", 1e-6), "_ms": ("ms", 1.0)}  # objective name ending -> axis unit, scale
+
+
+def plot_axes(space: Space) -> list[tuple[str, str, float]]:
+    """(objective, axis label, scale) of each plot's x axis: the space's first size objective and
+    its first latency objective, each plotted against the accuracy the export ranks by."""
+    axes = []
+    for kind in ("size", "latency"):
+        name = next((n for n in space.metric_names if OBJECTIVES[n].kind == kind), None)
+        if name is not None:
+            unit, scale = next((u for end, u in UNITS.items() if name.endswith(end)), ("", 1.0))
+            axes.append((name, f"{name} ({unit})" if unit else name, scale))
+    return axes
+
+
+def _annotation(record: TrialRecord) -> str:
+    pruned = f" s={record.sparsity or 0:.0%}" if record.params.get("pruning_schedule", "none") != "none" else ""
+    return f"{record.params['quantization']}@{record.params['resolution']}{pruned}"
 
 
 def plot_front(front: Front, space: Space, path: Path) -> None:
@@ -77,20 +79,15 @@ def plot_front(front: Front, space: Space, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    accuracy = space.export.accuracy
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
-    for ax, (x_key, x_label, scale) in zip(axes, (("size_bytes", "size (MB)", 1e-6), ("latency_ms", "median latency (ms)", 1.0))):
-        xs = [float(r[x_key]) * scale for r in front.completed]
-        ys = [float(r[accuracy]) for r in front.completed]
+    accuracy, axes_spec = space.export.accuracy, plot_axes(space)
+    fig, axes = plt.subplots(1, max(1, len(axes_spec)), figsize=(6 * max(1, len(axes_spec)), 4.8), squeeze=False)
+    for ax, (x_key, x_label, scale) in zip(axes[0], axes_spec):
+        xs = [r.value(x_key) * scale for r in front.completed]
+        ys = [r.value(accuracy) for r in front.completed]
         ax.scatter(xs, ys, c="lightgrey", edgecolors="grey", label="trial", zorder=2)
-        fx = [xs[i] for i in front.members]
-        fy = [ys[i] for i in front.members]
-        ax.scatter(fx, fy, c="tab:red", label="Pareto front", zorder=3)
+        ax.scatter([xs[i] for i in front.members], [ys[i] for i in front.members], c="tab:red", label="Pareto front", zorder=3)
         for i in front.members:
-            r = front.completed[i]
-            pruned = f" s={float(r['sparsity']):.0%}" if r["param.pruning_schedule"] not in ("", "none") else ""
-            ax.annotate(f"{r['param.quantization']}@{r['param.resolution']}{pruned}", (xs[i], ys[i]), fontsize=7,
-                        xytext=(4, 4), textcoords="offset points")
+            ax.annotate(_annotation(front.completed[i]), (xs[i], ys[i]), fontsize=7, xytext=(4, 4), textcoords="offset points")
         if front.exported is not None:
             ax.scatter([xs[front.exported]], [ys[front.exported]], marker="*", s=260, c="gold", edgecolors="black",
                        label=f"exported ({space.export.rule})", zorder=4)
@@ -107,7 +104,7 @@ def plot_front(front: Front, space: Space, path: Path) -> None:
 
 def write_report(front: Front, space: Space, run_dir: Path) -> None:
     """``pareto.csv``, ``report.png`` and a self-contained ``report.html``."""
-    write_text_atomic(run_dir / "pareto.csv", rows_to_csv(front.rows))
+    write_text_atomic(run_dir / "pareto.csv", records_to_csv(front.records))
     if not front.completed:
         return
     png = run_dir / "report.png"
@@ -116,7 +113,7 @@ def write_report(front: Front, space: Space, run_dir: Path) -> None:
     write_bytes_atomic(png, tmp.read_bytes())
     tmp.unlink()
     image = base64.b64encode(png.read_bytes()).decode()
-    table = html.escape(summary_table(front))
+    table = html.escape(summary_table(front, space))
     page = (
         f"<!doctype html><meta charset='utf-8'><title>{html.escape(space.name)} search</title>"
         f"<h1>{html.escape(space.name)}: Pareto front</h1>"

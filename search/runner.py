@@ -18,15 +18,19 @@ import socket
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from search.atomic import write_text_atomic
 from search.errors import ClusterError, RunDirError, SpaceError
+from search.files import unwritable_folder, write_text_atomic
+from search.node_lock import shared
+from search.pareto import Front, compute_front
 from search.provenance import machine, package_versions
+from search.record import check_recordable, read_records
 from search.space import Space
+from search.trial import TrialContext
 
 
 def default_run_dir(space: Space) -> Path:
@@ -37,10 +41,9 @@ def check_run_dir(run_dir: Path) -> None:
     """A run directory must be new and creatable: a run is never overwritten."""
     if run_dir.exists():
         raise RunDirError(f"{run_dir}: exists already; a run is never overwritten (choose another --run-dir)")
-    parent = run_dir.resolve().parent
-    existing = next((p for p in (parent, *parent.parents) if p.exists()), None)
-    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise RunDirError(f"{run_dir}: cannot be created ({existing} is not a writable folder)")
+    blocker = unwritable_folder(run_dir.resolve().parent)
+    if blocker is not None:
+        raise RunDirError(f"{run_dir}: cannot be created ({blocker} is not a writable folder)")
 
 
 def check_storage(space: Space) -> None:
@@ -56,15 +59,15 @@ def check_storage(space: Space) -> None:
             raise SpaceError(f"{space.path}: storage.path: must be an object store this machine can write to, but "
                              f"writing to {space.storage_path} failed ({problem})")
         return
-    path = Path(space.storage_path)
-    existing = next((p for p in (path, *path.parents) if p.exists()), None)
-    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+    blocker = unwritable_folder(space.storage_path)
+    if blocker is not None:
         raise SpaceError(f"{space.path}: storage.path: must be a writable folder every node mounts, but got "
-                         f"{space.storage_path} ({existing} is not a writable folder)")
+                         f"{space.storage_path} ({blocker} is not a writable folder)")
 
 
 def trial_storage(space: Space, run_dir: Path) -> tuple[str, str]:
-    """(each trial's folder parent, the shared stage cache) for this run: folders or URIs."""
+    """(each trial's folder parent, the shared stage cache) for this run: folders or URIs. The one
+    place that decides where stages live; the trials and the export read it from their context."""
     from search import storage
 
     if space.storage_path:
@@ -95,13 +98,25 @@ def write_run_json(run_dir: Path, info: dict[str, Any]) -> None:
     write_text_atomic(run_dir / "run.json", json.dumps(info, indent=2, default=str))
 
 
-def run_search(space: Space, *, run_dir: Path | None = None, address: str | None = None, echo=print) -> Path:
-    """Run the search ``space`` describes; returns the run directory."""
+@dataclass(frozen=True)
+class SearchResult:
+    """What a finished search leaves, for the CLI's exit code and for callers."""
+
+    run_dir: Path
+    completed: int
+    failed: int
+    front: Front
+    export_dir: Path | None
+
+
+def run_search(space: Space, *, run_dir: Path | None = None, address: str | None = None, echo=print) -> SearchResult:
+    """Run the search ``space`` describes; every check a user's input can fail comes first."""
     address = address or os.environ.get("RAY_ADDRESS")
     run_dir = Path(run_dir) if run_dir else default_run_dir(space)
     check_run_dir(run_dir)
     check_storage(space)
     check_address(address)
+    check_recordable(space.metric_names, source=space.path)
 
     started = time.perf_counter()
     dataset = _load_data(space, echo)
@@ -121,7 +136,7 @@ def run_search(space: Space, *, run_dir: Path | None = None, address: str | None
     return _search(space, dataset, info, run_dir=run_dir, address=address, echo=echo, started=started)
 
 
-def resume_search(run_dir: Path, *, address: str | None = None, echo=print) -> Path:
+def resume_search(run_dir: Path, *, address: str | None = None, echo=print) -> SearchResult:
     """Continue the search of a run whose driver stopped before its budget was spent."""
     from search.space import load_space
 
@@ -141,12 +156,9 @@ def resume_search(run_dir: Path, *, address: str | None = None, echo=print) -> P
                          f"was {info['space_sha256'][:12]}); a resumed search must use the same space")
     check_address(address)
 
-    from search.record import read_rows
-
     started = time.perf_counter()
     dataset = _load_data(space, echo)
-    done = read_rows(run_dir / "trials.csv")
-    echo(f"resume: {len(done)} trials already finished in {run_dir}")
+    echo(f"resume: {len(read_records(run_dir))} trials already finished in {run_dir}")
     info.update(status="running", ray_address=address or "embedded")
     info.setdefault("resumed", []).append(_now())
     write_run_json(run_dir, info)
@@ -165,82 +177,97 @@ def _load_data(space: Space, echo):
     return dataset
 
 
-def _search(space: Space, dataset, info: dict[str, Any], *, run_dir: Path, address: str | None, echo, started: float) -> Path:
-    """Base model, then the search (new or resumed) to its budget, then report and export."""
+def _base_model(space: Space, dataset, info: dict[str, Any], *, run_dir: Path, echo) -> dict[str, Any]:
+    """The base model every trial starts from (trained or imported once, then cached)."""
     from search.inputs import base_model
-
-    from search.node_lock import shared
 
     with shared():  # training computes: no trial of another search on this node measures meanwhile
         base = base_model(space, dataset)
-    base_info = asdict(base)
     if base.cached:
         echo(f"base model: cached ({base.source}, key {base.key}), map50={base.map50:.3f} at {base.resolution}px")
     else:
         echo(f"base model: {base.source} in {base.seconds:.0f}s, map50={base.map50:.3f} map={base.map:.3f} at {base.resolution}px")
-    info["base_model"] = base_info
+    info["base_model"] = asdict(base)
     write_run_json(run_dir, info)
+    return info["base_model"]
 
+
+def _run_trials(space: Space, context: TrialContext, *, artifacts: str, run_dir: Path, address: str | None,
+                info: dict[str, Any], echo) -> float:
+    """Start Ray, run (or continue) the trials to the budget, stop Ray; returns the search's seconds."""
+    from search.tuner import TrialRecorder, can_resume_tuner, resume_tuner, run_tuner, start_ray, stop_ray
+
+    echo(f"search: {space.budget.trials or 'unlimited'} trials, {space.budget.max_concurrent} at a time, "
+         f"sampler {space.budget.sampler}, on {address or 'an embedded local Ray'}; trials in {artifacts}")
+    started = time.perf_counter()
+    try:
+        start_ray(address)
+        _check_every_node_sees(context, artifacts, run_dir=run_dir, info=info)
+        with _sigterm_stops_like_ctrl_c():
+            if can_resume_tuner(run_dir):
+                resume_tuner(context, artifacts_dir=artifacts, run_dir=run_dir)
+            else:  # a new run, or one killed before Tune saved anything
+                recorder = TrialRecorder(run_dir, budget=space.budget.trials, echo=echo)
+                run_tuner(space, context, artifacts_dir=artifacts, run_dir=run_dir, recorder=recorder)
+    finally:
+        stop_ray()
+    return time.perf_counter() - started + info.get("search_seconds", 0.0)
+
+
+def _search(space: Space, dataset, info: dict[str, Any], *, run_dir: Path, address: str | None, echo,
+            started: float) -> SearchResult:
+    """Base model, then the search (new or resumed) to its budget, then report and export."""
     from search import storage
-    from search.record import TrialRecorder, read_rows
-    from search.report import compute_front, summary_table, write_report
-    from search.stage_cache import file_sha256
-    from search.trial import TrialContext
-    from search.tuner import can_resume_tuner, resume_tuner, run_tuner, start_ray, stop_ray
+    from search.files import file_sha256
 
+    base = _base_model(space, dataset, info, run_dir=run_dir, echo=echo)
     artifacts, stages = trial_storage(space, run_dir)
     storage.makedirs(artifacts)
     storage.makedirs(stages)
-    context = TrialContext(space=space, dataset=dataset, base_weights=_shared_base_weights(space, base.weights),
-                           artifacts_dir=artifacts, stages_dir=stages, base_weights_sha256=file_sha256(base.weights))
-    echo(f"search: {space.budget.trials or 'unlimited'} trials, {space.budget.max_concurrent} at a time, "
-         f"sampler {space.budget.sampler}, on {address or 'an embedded local Ray'}; trials in {artifacts}")
-    search_started = time.perf_counter()
-    try:
-        start_ray(address)
-        _check_every_node_sees(context, dataset, run_dir=run_dir, info=info)
-        with _sigterm_stops_like_ctrl_c():
-            if can_resume_tuner(run_dir):
-                resume_tuner(context, run_dir=run_dir)
-            else:  # a new run, or one killed before Tune saved anything
-                recorder = TrialRecorder(run_dir, budget=space.budget.trials, echo=echo)
-                run_tuner(space, context, run_dir=run_dir, recorder=recorder)
-    finally:
-        stop_ray()
-    search_seconds = time.perf_counter() - search_started + info.get("search_seconds", 0.0)
-    rows = read_rows(run_dir / "trials.csv")  # the record on disk: this session's trials and earlier ones
-
-    failed = sum(r["status"] == "failed" for r in rows)
-    info.update(completed_trials=len(rows) - failed, failed_trials=failed, search_seconds=round(search_seconds, 1))
+    context = TrialContext(space=space, dataset=dataset, base_weights=_shared_base_weights(space, base["weights"]),
+                           stages_dir=stages, base_weights_sha256=file_sha256(base["weights"]))
+    search_seconds = _run_trials(space, context, artifacts=artifacts, run_dir=run_dir, address=address, info=info, echo=echo)
+    records = read_records(run_dir)  # the record on disk: this session's trials and earlier ones
+    failed = sum(not r.completed for r in records)
+    info.update(completed_trials=len(records) - failed, failed_trials=failed, search_seconds=round(search_seconds, 1))
     budget = space.budget
-    if budget.trials is not None and len(rows) < budget.trials and budget.time_budget_s is None:
+    if budget.trials is not None and len(records) < budget.trials and budget.time_budget_s is None:
         info.update(status="interrupted")
         write_run_json(run_dir, info)
-        raise SearchInterrupted(f"{run_dir}: interrupted after {len(rows)} of {budget.trials} trials; "
+        raise SearchInterrupted(f"{run_dir}: interrupted after {len(records)} of {budget.trials} trials; "
                                 f"continue it with `python -m search resume {run_dir}`")
+    front, exported = _report_and_export(space, context, records, run_dir=run_dir, base=base, echo=echo)
+    info.update(status="finished", finished=_now(), total_seconds=round(time.perf_counter() - started, 1),
+                pareto_trials=[r.trial_id for r in front.records],
+                exported_trial=front.exported_record.trial_id if exported else None)
+    write_run_json(run_dir, info)
+    _print_summary(front, space, failed=failed, run_dir=run_dir, exported=exported, echo=echo, started=started)
+    return SearchResult(run_dir, len(records) - failed, failed, front, exported)
 
+
+def _report_and_export(space: Space, context: TrialContext, records, *, run_dir: Path, base: dict[str, Any], echo):
+    from search.export import export_trial
+    from search.report import write_report
+
+    e = space.export
     with shared():  # the driver's own heavy moments stay out of trials' latency measurements on this node
-        front = compute_front(rows, space)
+        front = compute_front(records, objectives=space.objectives, rule=e.rule, accuracy=e.accuracy, limits=e.limits)
         write_report(front, space, run_dir)
         exported = None
-        if front.exported is not None:
-            from search.export import export_trial
+        if front.exported_record is not None:
+            exported = export_trial(front.exported_record, context, run_dir, base=base, echo=echo)
+    return front, exported
 
-            row = front.completed[front.exported]
-            exported = export_trial(row, context, run_dir, base=base_info, echo=echo)
 
-    info.update(status="finished", finished=_now(), total_seconds=round(time.perf_counter() - started, 1),
-                pareto_trials=[r["trial_id"] for r in front.rows],
-                exported_trial=front.completed[front.exported]["trial_id"] if exported else None)
-    write_run_json(run_dir, info)
+def _print_summary(front: Front, space: Space, *, failed: int, run_dir: Path, exported: Path | None, echo, started: float):
+    from search.report import summary_table
 
     echo("")
     echo(f"Pareto front ({len(front.members)} of {len(front.completed)} completed trials; {failed} failed):")
-    echo(summary_table(front) if front.members else "  (no completed trial)")
+    echo(summary_table(front, space) if front.members else "  (no completed trial)")
     if exported:
         echo(f"exported (*, rule {space.export.rule}): {exported / 'model.tflite'} with {exported / 'model.json'}")
     echo(f"report: {run_dir / 'report.html'}  trials: {run_dir / 'trials.csv'}  [{time.perf_counter() - started:.0f}s]")
-    return run_dir
 
 
 def _shared_base_weights(space: Space, weights: str) -> str:
@@ -256,12 +283,13 @@ def _shared_base_weights(space: Space, weights: str) -> str:
     return location
 
 
-def _check_every_node_sees(context, dataset, *, run_dir: Path, info: dict[str, Any]) -> None:
+def _check_every_node_sees(context: TrialContext, artifacts: str, *, run_dir: Path, info: dict[str, Any]) -> None:
     """Fail before any trial runs when a node cannot read what trials read (a cluster without shared storage)."""
     from search.tuner import unreadable_on_nodes
 
+    dataset = context.dataset
     images = [str(split.examples[i].image_path) for split in (dataset.train, dataset.val) for i in (0, -1)]
-    problems = unreadable_on_nodes([context.base_weights, context.artifacts_dir, context.stages_dir, *images])
+    problems = unreadable_on_nodes([context.base_weights, artifacts, context.stages_dir, *images])
     if problems:
         node, path = problems[0]
         message = (f"node {node} cannot read {path}: trials run on every node, so the data, the base weights "

@@ -3,41 +3,34 @@
 ``load_space(path, overrides)`` turns ``spaces/*.yaml`` into a frozen ``Space``. After this,
 nobody reads the raw YAML: the trial, the tuner, the report and the export all take ``Space``.
 Every key is documented in ``spaces/yolov4_tiny.yaml``; defaults below carry their reason.
+Every finite choice is read from its table (quantization modes, pruning schedules and
+structures, samplers, export rules, data formats, preprocessing, objectives, model families);
+the tables import nothing heavy, so validating a space does not start TensorFlow.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from objectives import DIRECTIONS, OBJECTIVES
+from search.data.formats import DATA_FORMATS
 from search.data.preprocess import PREPROCESSING
 from search.errors import SpaceError
-from search.spec import Section, did_you_mean
+from search.models import DEFAULT_FAMILY, FAMILIES
+from search.objectives import always_measured, DIRECTIONS, OBJECTIVES
+from search.pareto import EXPORT_RULES
+from search.pruning import SCHEDULES, STRUCTURES
+from search.quantize import QUANT_MODES
+from search.samplers import SAMPLERS
+from search.spec import Section, unknown_name
 from search.storage import URI_SCHEMES, is_uri, uri_bucket, uri_scheme
 
-DATA_FORMATS = ("generated", "yolo", "coco")
-SAMPLERS = ("tpe", "nsga2", "random")
-EXPORT_RULES = ("knee", "max_accuracy", "within_limits")  # documented in search.export
-PRUNING_STRUCTURES = ("unstructured", "2:4")
 MAX_RESOLUTION = 1024
-
-
-def quant_mode_names() -> tuple[str, ...]:
-    from search.quantize import QUANT_MODES
-
-    return tuple(QUANT_MODES)
-
-
-def schedule_names() -> tuple[str, ...]:
-    from search.prune import SCHEDULES
-
-    return tuple(SCHEDULES)
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -74,17 +67,22 @@ class Dimension:
         return trial.suggest_float(self.name, self.low, self.high, step=self.step, log=self.log)
 
 
-def _dimension(section: Section, key: str, *, name: str, value_kind: type, check, default: Any) -> Dimension:
-    """Read ``key`` as a fixed value, ``{choices: [...]}`` or ``{low, high, step?, log?}``.
+Check = Callable[[Any], "str | None"]  # value -> what must hold when it is not allowed, else None
 
-    ``check(value) -> str | None`` returns what must hold when ``value`` is not allowed.
+
+def _value_validator(section: Section, where: str, value_kind: type, check: Check | None, names: Collection[str] | None):
+    """``validate(value) -> value`` for one value of a dimension; raises a one-line ``SpaceError``.
+
+    A name dimension (``names`` given) reads like every other unknown name; a number must be of
+    ``value_kind`` and pass ``check``.
     """
-    raw = section.raw(key) if default is None else section.raw(key, default)  # None: required
-    where = section.key(key)
 
     def validate(value):
-        numeric = value_kind in (int, float)
-        ok_type = isinstance(value, (int, float)) and not isinstance(value, bool) if numeric else isinstance(value, value_kind)
+        if names is not None:
+            if not isinstance(value, str) or value not in names:
+                raise SpaceError(f"{section.source}: {where}: {unknown_name(value, names)}")
+            return value
+        ok_type = isinstance(value, (int, float)) and not isinstance(value, bool)
         if value_kind is int and isinstance(value, float):
             ok_type = False
         problem = None if ok_type else f"must be {value_kind.__name__} values"
@@ -93,20 +91,41 @@ def _dimension(section: Section, key: str, *, name: str, value_kind: type, check
             raise SpaceError(f"{section.source}: {where}: {problem}, but got {value!r}")
         return float(value) if value_kind is float else value
 
+    return validate
+
+
+def _dimension(section: Section, key: str, *, name: str, default: Any, value_kind: type = str,
+               check: Check | None = None, names: Collection[str] | None = None) -> Dimension:
+    """Read ``key`` as a fixed value, ``{choices: [...]}`` or ``{low, high, step?, log?}``.
+
+    A name dimension gives ``names`` (a table); a numeric one its ``value_kind`` and ``check``.
+    ``default`` None: the key is required.
+    """
+    raw = section.raw(key) if default is None else section.raw(key, default)
+    where = section.key(key)
+    validate = _value_validator(section, where, value_kind, check, names)
     if not isinstance(raw, dict):
         return Dimension(name, "fixed", (validate(raw),))
     sub = Section(raw, source=section.source, path=where)
     if "choices" in raw:
-        choices = sub.raw("choices")
-        if not isinstance(choices, list) or not choices:
-            sub.fail("choices", f"must be a non-empty list, but got {choices!r}")
-        sub.finish()
-        values = tuple(validate(v) for v in choices)
-        if len(set(values)) != len(values):
-            sub.fail("choices", f"must not repeat a value, but got {list(choices)!r}")
-        return Dimension(name, "choices", values)
-    if value_kind not in (int, float):
+        return _choices_dimension(sub, name, validate)
+    if names is not None:
         sub.fail("", f"must be a name or {{choices: [...]}}, but got {raw!r}")
+    return _range_dimension(sub, name, value_kind, validate)
+
+
+def _choices_dimension(sub: Section, name: str, validate) -> Dimension:
+    choices = sub.raw("choices")
+    if not isinstance(choices, list) or not choices:
+        sub.fail("choices", f"must be a non-empty list, but got {choices!r}")
+    sub.finish()
+    values = tuple(validate(v) for v in choices)
+    if len(set(values)) != len(values):
+        sub.fail("choices", f"must not repeat a value, but got {list(choices)!r}")
+    return Dimension(name, "choices", values)
+
+
+def _range_dimension(sub: Section, name: str, value_kind: type, validate) -> Dimension:
     low, high = validate(sub.raw("low")), validate(sub.raw("high"))
     step = sub.raw("step", None)
     log = sub.boolean("log", False)
@@ -130,7 +149,7 @@ def _dimension(section: Section, key: str, *, name: str, value_kind: type, check
 
 @dataclass(frozen=True)
 class ModelSpec:
-    name: str = "yolov4_tiny"  # the only architecture this tool builds
+    name: str = DEFAULT_FAMILY  # a key of search.models.FAMILIES
     weights: str | None = None  # None: train a base model on the data first
     cfg: str | None = None  # Darknet .cfg that goes with Darknet .weights
 
@@ -138,16 +157,16 @@ class ModelSpec:
 @dataclass(frozen=True)
 class GeneratedDataSpec:
     seed: int = 0
-    num_train: int = 512  # enough for YOLOv4-tiny to learn 3 shapes in ~800 steps
+    num_train: int = 512  # enough for the stock detector to learn 3 shapes in ~800 steps
     num_val: int = 128  # mAP on fewer images is too noisy to rank trials
     image_size: int = 256  # larger than every searched resolution, so resolution matters
 
 
 @dataclass(frozen=True)
 class DataSpec:
-    format: str = "generated"
+    format: str = "generated"  # a key of search.data.formats.DATA_FORMATS; needs nothing but a seed
     path: str | None = None  # yolo: the data.yaml; coco: a folder with images/ and annotations/
-    preprocessing: str = "stretch"  # Darknet's and OpenCV's resize; the same in train, calibration, eval
+    preprocessing: str = "stretch"  # key of PREPROCESSING: Darknet's and OpenCV's resize; the same in train, calibration, eval
     generated: GeneratedDataSpec = field(default_factory=GeneratedDataSpec)
     val_limit: int | None = None  # evaluate on the first N val images only (None: all)
 
@@ -199,7 +218,7 @@ class BudgetSpec:
     max_concurrent: int = 2  # one trial per core on a 2-core machine
     cpus_per_trial: int = 1
     seed: int = 0
-    sampler: str = "tpe"
+    sampler: str = "tpe"  # a key of search.samplers.SAMPLERS: model-guided, and handles conditional parameters
     max_retries: int = 1  # retries of a trial lost to infrastructure (a dead worker), not to its own error
 
 
@@ -208,8 +227,10 @@ class MeasureSpec:
     latency_threads: int = 1  # what a phone app usually gets; the card records it
     latency_warmup: int = 5
     latency_min_runs: int = 20
-    latency_min_seconds: float = 3.0  # timed for at least this long: shorter medians do not repeat (objectives/latency.py)
+    latency_min_seconds: float = 3.0  # timed for at least this long: shorter medians do not repeat (search/objectives/latency.py)
     latency_max_seconds: float = 10.0
+    # How raw heads become the detections mAP is computed on. The one place these defaults are
+    # written: the accuracy objective and the export card read them from here.
     score_threshold: float = 0.001  # low, as mAP needs the whole precision-recall curve
     iou_threshold: float = 0.45  # Darknet's NMS threshold for mAP
     max_detections: int = 100  # COCO's limit per image
@@ -217,10 +238,16 @@ class MeasureSpec:
 
 @dataclass(frozen=True)
 class ExportSpec:
-    rule: str = "knee"
+    rule: str = "knee"  # a key of search.pareto.EXPORT_RULES: balances every objective, needs no limits
     accuracy: str | None = None  # the accuracy objective the rule ranks by; None: the first one
     max_size_bytes: int | None = None  # within_limits only
     max_latency_ms: float | None = None  # within_limits only
+
+    @property
+    def limits(self) -> dict[str, float]:
+        """Metric -> the most an exported trial may have (within_limits)."""
+        named = {"size_bytes": self.max_size_bytes, "latency_ms": self.max_latency_ms}
+        return {name: limit for name, limit in named.items() if limit is not None}
 
 
 @dataclass(frozen=True)
@@ -239,12 +266,10 @@ class Space:
     export: ExportSpec
     cache_dir: str = ".cache/search"
     overrides: tuple[str, ...] = ()
-    calibrating_modes: tuple[str, ...] = ()  # from search.quantize.QUANT_MODES, read once at parse time
     # Where trials write (their .tflite and records, the shared stage cache): a folder every node
     # mounts, or an object-store URI (search.storage). None: the run directory and cache_dir,
     # which is right for one machine.
     storage_path: str | None = None
-    selective_modes: tuple[str, ...] = ()  # modes that keep the most sensitive layers float
 
     @property
     def shared_dir(self) -> str:
@@ -260,6 +285,13 @@ class Space:
         return [o.name for o in self.objectives]
 
     @property
+    def measured_names(self) -> list[str]:
+        """What every trial measures: the objectives, the metrics the export's limits read, and
+        the counts that cost nothing (``search.objectives.always_measured``)."""
+        names = [*self.metric_names, *self.export.limits, *always_measured()]
+        return list(dict.fromkeys(names))
+
+    @property
     def modes(self) -> list[str]:
         """Ray/Optuna wording of the directions: "max" / "min"."""
         return ["max" if o.direction == "maximize" else "min" for o in self.objectives]
@@ -270,6 +302,8 @@ class Space:
     def suggest(self, trial) -> dict[str, Any]:
         """Optuna define-by-run space: conditional parameters are only asked for when they act.
 
+        Which act is read from the rows of the tables (a schedule that prunes, a structure that
+        leaves the sparsity to its target, a mode that calibrates or keeps float layers).
         Returns the constants (fixed dimensions) for Ray to add to the trial's config.
         """
         constants: dict[str, Any] = {}
@@ -282,19 +316,88 @@ class Space:
 
         dims = self.search
         ask(dims.resolution)
-        if ask(dims.pruning_schedule) != "none":
+        if SCHEDULES[ask(dims.pruning_schedule)].prunes:
             # 2:4 zeroes exactly half of every block of four: a target sparsity would have no effect
-            if ask(dims.pruning_structure) != "2:4":
+            if STRUCTURES[ask(dims.pruning_structure)].implied_sparsity is None:
                 ask(dims.target_sparsity)
-        mode = ask(dims.quantization)
-        if mode in self.calibrating_modes:
+        mode = QUANT_MODES[ask(dims.quantization)]
+        if mode.needs_calibration:
             ask(dims.calibration_size)
-        if mode in self.selective_modes:
+        if mode.selective:
             ask(dims.float_layers)
         return constants
 
 
 # ---------------------------------------------------------------------------------------------
+# The parser: one function per section, in the order of the file.
+
+
+def parse_space(raw: Any, *, source: str, sha256: str = "", overrides: tuple[str, ...] = ()) -> Space:
+    """Validate an already-loaded YAML document; raises ``SpaceError`` with one line."""
+    top = Section(raw, source=source)
+    name = top.string("name", Path(source).stem)
+    model = _parse_model(top.section("model"))
+    data = _parse_data(top.section("data"))
+    base = _parse_training(top.section("base_training"), BASE_TRAINING)
+    fine_tune = _parse_training(top.section("fine_tune"), FINE_TUNE)
+    search = _parse_search(top.section("search", required=True))
+    objectives = _parse_objectives(top)
+    budget = _parse_budget(top.section("budget"))
+    measure = _parse_measure(top.section("measure"))
+    export = _parse_export(top.section("export"), objectives)
+    cache_dir, storage_path = _parse_storage(top.section("storage"))
+    top.finish()
+    return Space(source, sha256, name, model, data, base, fine_tune, search, objectives, budget, measure, export,
+                 cache_dir, overrides, storage_path)
+
+
+def _parse_model(m: Section) -> ModelSpec:
+    model = ModelSpec(m.choice("name", FAMILIES, ModelSpec.name), m.string("weights", optional=True),
+                      m.string("cfg", optional=True))
+    m.finish()
+    return model
+
+
+def _parse_data(d: Section) -> DataSpec:
+    data = DataSpec(
+        format=d.choice("format", DATA_FORMATS, DataSpec.format),
+        path=d.string("path", optional=True),
+        preprocessing=d.choice("preprocessing", PREPROCESSING, DataSpec.preprocessing),
+        generated=_parse_generated(d.section("generated")),
+        val_limit=d.integer("val_limit", low=1, optional=True),
+    )
+    d.finish()
+    if DATA_FORMATS[data.format].needs_path and not data.path:
+        d.fail("path", f"is required for format {data.format!r} (the dataset's location), but got nothing")
+    return data
+
+
+def _parse_generated(g: Section) -> GeneratedDataSpec:
+    defaults = GeneratedDataSpec()
+    generated = GeneratedDataSpec(
+        seed=g.integer("seed", defaults.seed, low=0),
+        num_train=g.integer("num_train", defaults.num_train, low=1),
+        num_val=g.integer("num_val", defaults.num_val, low=1),
+        image_size=g.integer("image_size", defaults.image_size, low=32, high=2048),
+    )
+    g.finish()
+    return generated
+
+
+def _parse_training(section: Section, defaults: TrainingSpec) -> TrainingSpec:
+    resolution = None
+    if defaults.resolution is not None:  # only the base model has a resolution of its own
+        resolution = section.integer("resolution", defaults.resolution, low=32, high=MAX_RESOLUTION)
+        if resolution % 32:
+            section.fail("resolution", f"must be a multiple of 32, but got {resolution}")
+    spec = TrainingSpec(
+        steps=section.integer("steps", defaults.steps, low=1),
+        batch_size=section.integer("batch_size", defaults.batch_size, low=1),
+        learning_rate=section.number("learning_rate", defaults.learning_rate, low=0.0, below=1.0),
+        resolution=resolution,
+    )
+    section.finish()
+    return spec
 
 
 def _resolution_problem(value: int) -> str | None:
@@ -303,22 +406,27 @@ def _resolution_problem(value: int) -> str | None:
     return None
 
 
-def _parse_search(top: Section) -> SearchDimensions:
-    s = top.section("search", required=True)
-    modes, schedules = quant_mode_names(), schedule_names()
+def _parse_search(s: Section) -> SearchDimensions:
     resolution = _dimension(s, "resolution", name="resolution", value_kind=int, check=_resolution_problem, default=None)
-    if resolution.kind in ("int",) and (resolution.step or 1) % 32:
+    if resolution.kind == "int" and (resolution.step or 1) % 32:
         s.fail("resolution.step", f"must be a multiple of 32, but got {resolution.step}")
-    p = s.section("pruning")
-    schedule = _dimension(p, "schedule", name="pruning_schedule", value_kind=str, check=lambda v: None if v in schedules else did_you_mean(v, schedules).replace("allowed", "must be a pruning schedule; allowed", 1), default="none")
-    sparsity = _dimension(p, "target_sparsity", name="target_sparsity", value_kind=float, check=lambda v: None if 0.0 < v < 1.0 else "must be fractions with 0 < sparsity < 1", default=0.5)
-    structure = _dimension(p, "structure", name="pruning_structure", value_kind=str, check=lambda v: None if v in PRUNING_STRUCTURES else did_you_mean(v, PRUNING_STRUCTURES).replace("allowed", "must be a pruning structure; allowed", 1), default="unstructured")
-    p.finish()
-    quantization = _dimension(s, "quantization", name="quantization", value_kind=str, check=lambda v: None if v in modes else did_you_mean(v, modes).replace("allowed", "must be a quantization mode; allowed", 1), default=None)
-    calibration = _dimension(s, "calibration_size", name="calibration_size", value_kind=int, check=lambda v: None if v >= 1 else "must be >= 1 image", default=64)
-    float_layers = _dimension(s, "float_layers", name="float_layers", value_kind=int, check=lambda v: None if v >= 1 else "must be >= 1 layer", default=4)
+    schedule, sparsity, structure = _parse_pruning(s.section("pruning"))
+    quantization = _dimension(s, "quantization", name="quantization", names=QUANT_MODES, default=None)
+    calibration = _dimension(s, "calibration_size", name="calibration_size", value_kind=int,
+                             check=lambda v: None if v >= 1 else "must be >= 1 image", default=64)
+    float_layers = _dimension(s, "float_layers", name="float_layers", value_kind=int,
+                              check=lambda v: None if v >= 1 else "must be >= 1 layer", default=4)
     s.finish()
     return SearchDimensions(resolution, schedule, sparsity, structure, quantization, calibration, float_layers)
+
+
+def _parse_pruning(p: Section) -> tuple[Dimension, Dimension, Dimension]:
+    schedule = _dimension(p, "schedule", name="pruning_schedule", names=SCHEDULES, default="none")
+    sparsity = _dimension(p, "target_sparsity", name="target_sparsity", value_kind=float,
+                          check=lambda v: None if 0.0 < v < 1.0 else "must be fractions with 0 < sparsity < 1", default=0.5)
+    structure = _dimension(p, "structure", name="pruning_structure", names=STRUCTURES, default="unstructured")
+    p.finish()
+    return schedule, sparsity, structure
 
 
 def _parse_objectives(top: Section) -> tuple[ObjectiveSpec, ...]:
@@ -341,94 +449,47 @@ def _parse_objectives(top: Section) -> tuple[ObjectiveSpec, ...]:
     return tuple(parsed)
 
 
-def _parse_training(section: Section, defaults: TrainingSpec) -> TrainingSpec:
-    resolution = None
-    if defaults.resolution is not None:  # only the base model has a resolution of its own
-        resolution = section.integer("resolution", defaults.resolution, low=32, high=MAX_RESOLUTION)
-        if resolution % 32:
-            section.fail("resolution", f"must be a multiple of 32, but got {resolution}")
-    spec = TrainingSpec(
-        steps=section.integer("steps", defaults.steps, low=1),
-        batch_size=section.integer("batch_size", defaults.batch_size, low=1),
-        learning_rate=section.number("learning_rate", defaults.learning_rate, low=0.0, below=1.0),
-        resolution=resolution,
-    )
-    section.finish()
-    return spec
-
-
-def parse_space(raw: Any, *, source: str, sha256: str = "", overrides: tuple[str, ...] = ()) -> Space:
-    """Validate an already-loaded YAML document; raises ``SpaceError`` with one line."""
-    top = Section(raw, source=source)
-    name = top.string("name", Path(source).stem)
-
-    m = top.section("model")
-    model = ModelSpec(m.choice("name", ["yolov4_tiny"], "yolov4_tiny"), m.string("weights", optional=True), m.string("cfg", optional=True))
-    m.finish()
-
-    d = top.section("data")
-    g = d.section("generated")
-    defaults = GeneratedDataSpec()
-    generated = GeneratedDataSpec(
-        seed=g.integer("seed", defaults.seed, low=0),
-        num_train=g.integer("num_train", defaults.num_train, low=1),
-        num_val=g.integer("num_val", defaults.num_val, low=1),
-        image_size=g.integer("image_size", defaults.image_size, low=32, high=2048),
-    )
-    g.finish()
-    data = DataSpec(
-        format=d.choice("format", DATA_FORMATS, "generated"),
-        path=d.string("path", optional=True),
-        preprocessing=d.choice("preprocessing", PREPROCESSING, "stretch"),
-        generated=generated,
-        val_limit=d.integer("val_limit", low=1, optional=True),
-    )
-    d.finish()
-    if data.format != "generated" and not data.path:
-        d.fail("path", f"is required for format {data.format!r} (the dataset's location), but got nothing")
-
-    base = _parse_training(top.section("base_training"), BASE_TRAINING)
-    fine_tune = _parse_training(top.section("fine_tune"), FINE_TUNE)
-    search = _parse_search(top)
-    objectives = _parse_objectives(top)
-
-    b = top.section("budget")
-    defaults_b = BudgetSpec()
+def _parse_budget(b: Section) -> BudgetSpec:
+    defaults = BudgetSpec()
     budget = BudgetSpec(
         # an explicit `trials: null` means "no trial limit": the time budget alone ends the search
-        trials=b.integer("trials", low=1, optional=True) if "trials" in b.data else defaults_b.trials,
+        trials=b.integer("trials", low=1, optional=True) if "trials" in b.data else defaults.trials,
         time_budget_s=b.number("time_budget_s", low=1.0, optional=True),
-        max_concurrent=b.integer("max_concurrent", defaults_b.max_concurrent, low=1),
-        cpus_per_trial=b.integer("cpus_per_trial", defaults_b.cpus_per_trial, low=1),
-        seed=b.integer("seed", defaults_b.seed, low=0),
-        sampler=b.choice("sampler", SAMPLERS, defaults_b.sampler),
-        max_retries=b.integer("max_retries", defaults_b.max_retries, low=0),
+        max_concurrent=b.integer("max_concurrent", defaults.max_concurrent, low=1),
+        cpus_per_trial=b.integer("cpus_per_trial", defaults.cpus_per_trial, low=1),
+        seed=b.integer("seed", defaults.seed, low=0),
+        sampler=b.choice("sampler", SAMPLERS, defaults.sampler),
+        max_retries=b.integer("max_retries", defaults.max_retries, low=0),
     )
     b.finish()
     if budget.trials is None and budget.time_budget_s is None:
         b.fail("", "must set trials, time_budget_s or both (a search needs an end), but got neither")
+    return budget
 
-    me = top.section("measure")
-    dm = MeasureSpec()
+
+def _parse_measure(me: Section) -> MeasureSpec:
+    defaults = MeasureSpec()
     measure = MeasureSpec(
-        latency_threads=me.integer("latency_threads", dm.latency_threads, low=1),
-        latency_warmup=me.integer("latency_warmup", dm.latency_warmup, low=0),
-        latency_min_runs=me.integer("latency_min_runs", dm.latency_min_runs, low=1),
-        latency_min_seconds=me.number("latency_min_seconds", dm.latency_min_seconds, low=0.0),
-        latency_max_seconds=me.number("latency_max_seconds", dm.latency_max_seconds, low=0.1),
-        score_threshold=me.number("score_threshold", dm.score_threshold, low=0.0, below=1.0),
-        iou_threshold=me.number("iou_threshold", dm.iou_threshold, low=0.0, high=1.0),
-        max_detections=me.integer("max_detections", dm.max_detections, low=1),
+        latency_threads=me.integer("latency_threads", defaults.latency_threads, low=1),
+        latency_warmup=me.integer("latency_warmup", defaults.latency_warmup, low=0),
+        latency_min_runs=me.integer("latency_min_runs", defaults.latency_min_runs, low=1),
+        latency_min_seconds=me.number("latency_min_seconds", defaults.latency_min_seconds, low=0.0),
+        latency_max_seconds=me.number("latency_max_seconds", defaults.latency_max_seconds, low=0.1),
+        score_threshold=me.number("score_threshold", defaults.score_threshold, low=0.0, below=1.0),
+        iou_threshold=me.number("iou_threshold", defaults.iou_threshold, low=0.0, high=1.0),
+        max_detections=me.integer("max_detections", defaults.max_detections, low=1),
     )
     if measure.latency_min_seconds > measure.latency_max_seconds:
         me.fail("latency_min_seconds", f"must be <= latency_max_seconds ({measure.latency_max_seconds:g}), "
                                        f"but got {measure.latency_min_seconds:g}")
     me.finish()
+    return measure
 
-    e = top.section("export")
+
+def _parse_export(e: Section, objectives: tuple[ObjectiveSpec, ...]) -> ExportSpec:
     accuracy_names = [o.name for o in objectives if OBJECTIVES[o.name].kind == "accuracy"]
     export = ExportSpec(
-        rule=e.choice("rule", EXPORT_RULES, "knee"),
+        rule=e.choice("rule", EXPORT_RULES, ExportSpec.rule),
         accuracy=e.choice("accuracy", accuracy_names, accuracy_names[0]),
         max_size_bytes=e.integer("max_size_bytes", low=1, optional=True),
         max_latency_ms=e.number("max_latency_ms", low=0.0, optional=True),
@@ -436,8 +497,11 @@ def parse_space(raw: Any, *, source: str, sha256: str = "", overrides: tuple[str
     e.finish()
     if export.rule == "within_limits" and export.max_size_bytes is None and export.max_latency_ms is None:
         e.fail("rule", "within_limits needs max_size_bytes and/or max_latency_ms, but got neither")
+    return export
 
-    st = top.section("storage")
+
+def _parse_storage(st: Section) -> tuple[str, str | None]:
+    """``(cache_dir, storage path)``; a ``file://`` URI is the folder it names."""
     cache_dir = st.string("cache_dir", ".cache/search")
     storage_path = st.string("path", optional=True)
     if storage_path and is_uri(storage_path):
@@ -448,13 +512,7 @@ def parse_space(raw: Any, *, source: str, sha256: str = "", overrides: tuple[str
             st.fail("path", f"must name a bucket (e.g. s3://my-bucket/search), but got {storage_path!r}")
     storage_path = storage_path.removeprefix("file://") if storage_path else None
     st.finish()
-    top.finish()
-    from search.quantize import QUANT_MODES
-
-    calibrating = tuple(name for name, mode in QUANT_MODES.items() if mode.needs_calibration)
-    selective = tuple(name for name, mode in QUANT_MODES.items() if mode.selective)
-    return Space(source, sha256, name, model, data, base, fine_tune, search, objectives, budget, measure, export,
-                 cache_dir, overrides, calibrating, storage_path, selective)
+    return cache_dir, storage_path
 
 
 def apply_overrides(raw: Any, overrides: tuple[str, ...], *, source: str) -> Any:

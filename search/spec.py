@@ -24,10 +24,31 @@ def closest(name: str, valid: Iterable[str]) -> str | None:
 
 
 def did_you_mean(name: str, valid: Iterable[str]) -> str:
+    """``allowed: a, b, c; did you mean 'b'?``: the tail of every unknown-name error."""
     valid = list(valid)
     guess = closest(name, valid)
     hint = f"; did you mean {guess!r}?" if guess else ""
     return f"allowed: {', '.join(map(str, valid))}{hint}"
+
+
+def choose(table: Mapping[str, Any], name: Any, *, what: str) -> Any:
+    """The row of ``table`` called ``name``; any other name is one ``SpaceError`` line:
+    ``<what> must be one of the names below, but got 'tpee'; allowed: tpe, nsga2, random; did you mean 'tpe'?``
+
+    Every finite choice (modes, schedules, structures, samplers, export rules, data formats,
+    preprocessing, objectives, model families) is looked up through here, so an unknown name
+    reads the same wherever it is met.
+    """
+    try:
+        return table[name]
+    except (KeyError, TypeError):
+        raise SpaceError(f"{what} {unknown_name(name, table)}") from None
+
+
+def unknown_name(name: Any, valid: Iterable[str]) -> str:
+    """``must be one of the names below, but got 'x'; allowed: ...; did you mean ...?``: what
+    ``choose`` and ``Section.choice`` say after the key, so both read the same."""
+    return f"must be one of the names below, but got {_show(name)}; {did_you_mean(name, valid)}"
 
 
 class Section:
@@ -51,9 +72,6 @@ class Section:
         raise SpaceError(f"{self.source}: {self.key(name)}: {message}")
 
     # --- getters ------------------------------------------------------------------------------
-    def has(self, name: str) -> bool:
-        return name in self.data and self.data[name] is not None
-
     def raw(self, name: str, default: Any = _MISSING) -> Any:
         self._read.add(name)
         if name not in self.data or self.data[name] is None:
@@ -96,10 +114,11 @@ class Section:
         return value
 
     def choice(self, name: str, allowed: Iterable[str], default: Any = _MISSING) -> str:
+        """A name from ``allowed`` (a table's keys, or the table itself)."""
         allowed = list(allowed)
         value = self.raw(name, default)
         if value not in allowed:
-            self.fail(name, f"must be one of the names below, but got {_show(value)}; {did_you_mean(value, allowed)}")
+            self.fail(name, unknown_name(value, allowed))
         return value
 
     def boolean(self, name: str, default: Any = _MISSING) -> bool:

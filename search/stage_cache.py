@@ -2,7 +2,7 @@
 
 The stage's result depends only on the base weights, the data, the preprocessing, the resolution,
 the pruning spec, the fine-tune settings and the seed; quantization mode and calibration size act
-later. ``stage_key`` hashes exactly those, so every trial that differs only in how it is
+later. ``search.stages.fine_tune.stage_key`` hashes exactly those, so every trial that differs only in how it is
 converted finds the fine-tuned weights under ``<stages>/<key>/`` and skips the most expensive
 step, on any node that reaches the same storage: a mounted folder or an object store
 (``search.storage``).
@@ -27,7 +27,6 @@ means the weights are complete.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -40,10 +39,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from search import storage
-from search.atomic import write_text_atomic
+from search.files import write_text_atomic
 
-# Bump when prune/fine-tune code changes what a cached stage would contain.
-STAGE_VERSION = 1
+# Bump when prune/fine-tune code changes what a cached stage would contain. (2: the card holds
+# the network's architecture beside the weights.)
+STAGE_VERSION = 2
 HEARTBEAT_S = 5.0  # how often the holder proves it is alive
 STALE_AFTER_S = 30.0  # a lock untouched this long is a dead holder's (6 missed heartbeats)
 POLL_S = 0.5  # how often a waiter looks for the result
@@ -52,33 +52,17 @@ CARD = "stage.json"
 STAGE_COPIES = storage.SCRATCH / "stages"  # node-local copies of stages kept in an object store
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def stage_key(
-    *, base_weights_sha256: str, dataset_fingerprint: str, preprocessing: str, resolution: int,
-    pruning: dict, fine_tune: dict, seed: int,
-) -> str:
-    """The content address of a prune + fine-tune result: a hash of everything it depends on."""
-    material = {
-        "version": STAGE_VERSION, "base": base_weights_sha256, "data": dataset_fingerprint,
-        "preprocessing": preprocessing, "resolution": resolution, "pruning": pruning,
-        "fine_tune": fine_tune, "seed": seed,
-    }
-    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:24]
-
-
 @dataclass(frozen=True)
 class CachedStage:
-    weights: Path  # stripped fine-tuned Keras weights on this node, loadable into a model built at the resolution
+    weights: Path  # stripped fine-tuned Keras weights on this node, loadable into ``architecture`` at the resolution
     sparsity: float  # measured on the stripped model when it was computed
+    architecture: dict  # the network the weights belong to (``ModelFamily.from_architecture``)
     hit: bool  # False only for the one process that computed it
     wait_s: float  # time spent waiting for another process's computation (0 when none)
+
+    @classmethod
+    def from_card(cls, card: dict, weights: Path, *, hit: bool, wait_s: float) -> CachedStage:
+        return cls(weights, card["sparsity"], card["architecture"], hit, wait_s)
 
 
 def _holder() -> str:
@@ -212,10 +196,11 @@ def stages_at(root: str | Path, *, stale_after_s: float = STALE_AFTER_S):
     return ObjectStoreStages(str(root), stale_after_s=stale_after_s) if storage.is_uri(root) else FolderStages(root)
 
 
-def stage_weights(root: str | Path, key: str) -> Path | None:
-    """This node's path to the cached weights of stage ``key``, or None when it is not cached."""
+def cached(root: str | Path, key: str) -> CachedStage | None:
+    """Stage ``key`` as cached (its weights copied to this node), or None when it is not cached."""
     stages = stages_at(root)
-    return stages.weights(key) if stages.card(key) is not None else None
+    card = stages.card(key)
+    return CachedStage.from_card(card, stages.weights(key), hit=True, wait_s=0.0) if card is not None else None
 
 
 class _Heartbeat:
@@ -244,14 +229,14 @@ class _Heartbeat:
 
 
 def cached_stage(
-    root: str | Path, key: str, compute: Callable[[Path], float], *,
+    root: str | Path, key: str, compute: Callable[[Path], dict], *,
     stale_after_s: float = STALE_AFTER_S, heartbeat_s: float = HEARTBEAT_S, poll_s: float = POLL_S,
 ) -> CachedStage:
     """The stage under ``root/key`` (a folder or an object-store URI), computed by
-    ``compute(weights_path) -> sparsity`` if absent.
+    ``compute(weights_path) -> {"sparsity": ..., "architecture": ...}`` if absent.
 
     ``compute`` saves the stripped weights to the local path it is given and returns the measured
-    sparsity. Exactly one caller across processes and nodes sharing ``root`` runs it; the others
+    sparsity and the architecture those weights belong to. Exactly one caller across processes and nodes sharing ``root`` runs it; the others
     wait for its result. If ``compute`` raises, the lock is released and the error propagates
     (the next caller tries again).
     """
@@ -260,7 +245,7 @@ def cached_stage(
     while True:
         card = stages.card(key)
         if card is not None:
-            return CachedStage(stages.weights(key), card["sparsity"], True, round(time.perf_counter() - started, 3))
+            return CachedStage.from_card(card, stages.weights(key), hit=True, wait_s=round(time.perf_counter() - started, 3))
         if stages.try_lock(key):
             break
         stages.break_if_stale(key, stale_after_s)
@@ -268,14 +253,14 @@ def cached_stage(
     try:
         card = stages.card(key)  # finished between our last look and taking the lock
         if card is not None:
-            return CachedStage(stages.weights(key), card["sparsity"], True, round(time.perf_counter() - started, 3))
+            return CachedStage.from_card(card, stages.weights(key), hit=True, wait_s=round(time.perf_counter() - started, 3))
         waited = time.perf_counter() - started
         tmp = stages.scratch(key)
         with _Heartbeat(lambda: stages.touch(key), heartbeat_s):
-            sparsity = float(compute(tmp))
-        stages.publish(key, tmp, {
-            "key": key, "sparsity": sparsity, "computed_on": socket.gethostname(), "computed_at": time.time(),
-        })
-        return CachedStage(stages.weights(key), sparsity, False, round(waited, 3))
+            made = compute(tmp)
+        card = {"key": key, "sparsity": float(made["sparsity"]), "architecture": made["architecture"],
+                "computed_on": socket.gethostname(), "computed_at": time.time()}
+        stages.publish(key, tmp, card)
+        return CachedStage.from_card(card, stages.weights(key), hit=False, wait_s=round(waited, 3))
     finally:
         stages.unlock(key)

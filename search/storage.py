@@ -8,7 +8,7 @@ S3-compatible store with ``?endpoint_override=HOST:PORT&scheme=http``), ``gs://b
 
 The verbs take and return locations, so a caller never asks which kind it has. On an object store
 every write is one PUT, which the store makes visible whole or not at all: no temp names needed.
-Folders get the same promise from ``search.atomic`` (temp name, then rename).
+Folders get the same promise from ``search.files`` (temp name, then rename).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from search.atomic import write_bytes_atomic
+from search.files import write_bytes_atomic
 
 # The object stores a location may name: scheme -> what it is (for messages and the README).
 URI_SCHEMES = {

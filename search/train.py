@@ -1,15 +1,18 @@
-"""The YOLOv4-tiny loss, its targets, and a minGPT-style training loop that also drives pruning.
+"""The YOLO loss, its targets, and a minGPT-style training loop that also drives pruning.
+
+Everything a network family decides comes in as its ``YoloHeads`` (anchors, masks, strides,
+``scale_x_y``, ``iou_thresh``, ``ignore_thresh``); nothing here knows which network it trains.
 
 Targets follow Darknet's ``[yolo]`` layer: a ground-truth box belongs to the cell of its centre,
 in every head whose ``mask`` holds its best anchor by shape-only IoU, plus every other masked
-anchor whose shape IoU exceeds ``iou_thresh`` (0.213 in ``yolov4-tiny.cfg``). The loss is CIoU on
-decoded boxes weighted by ``2 - w*h`` (small boxes count more), objectness BCE where negatives
-overlapping a ground truth by more than ``ignore_thresh`` are not penalised, and per-class BCE on
-positive cells only. Losses are summed over cells and averaged over images, as Darknet does.
+anchor whose shape IoU exceeds ``heads.iou_thresh``. The loss is CIoU on decoded boxes weighted
+by ``2 - w*h`` (small boxes count more), objectness BCE where negatives overlapping a ground
+truth by more than ``heads.ignore_thresh`` are not penalised, and per-class BCE on positive cells
+only. Losses are summed over cells and averaged over images, as Darknet does.
 
-``train`` works on any Keras model with the two raw heads, including a TFMOT pruning-wrapped
-clone: TFMOT wants ``UpdatePruningStep`` driven by hand in a custom loop, and it is, always (it
-does nothing on a model without pruning wrappers, so a QAT model trains through the same loop).
+``train`` works on any Keras model with the raw heads, including a TFMOT pruning-wrapped clone:
+TFMOT wants ``UpdatePruningStep`` driven by hand in a custom loop, and it is, always (it does
+nothing on a model without pruning wrappers, so a QAT model trains through the same loop).
 """
 
 from __future__ import annotations
@@ -22,13 +25,12 @@ from tqdm.auto import tqdm
 
 from search.compat import keras, tf
 from search.errors import DataError
-from search.model.yolov4_tiny import ANCHORS, ANCHORS_PER_HEAD, MASKS, SCALE_X_Y, STRIDES
+from search.models.family import YoloHeads
 
-IOU_THRESH = 0.213  # yolov4-tiny.cfg iou_thresh: extra anchors a box is also assigned to
-IGNORE_THRESH = 0.7  # yolov4-tiny.cfg ignore_thresh: predictions this close to a truth are no negatives
 # Loss weights. Darknet's iou_normalizer 0.07 balances its own, differently scaled, gradients;
-# here plain sums over cells with equal weights train YOLOv4-tiny from scratch on the generated
-# shapes (800 steps, 160 px, batch 8, Adam) to a val mAP@0.5 of 0.56 at lr 1e-3 and 0.69 at 2e-3.
+# here plain sums over cells with equal weights train the tiny two-head detector from scratch on
+# the generated shapes (800 steps, 160 px, batch 8, Adam) to a val mAP@0.5 of 0.56 at lr 1e-3
+# and 0.69 at 2e-3.
 BOX_WEIGHT = 1.0
 OBJECTNESS_WEIGHT = 1.0
 CLASS_WEIGHT = 1.0
@@ -76,23 +78,25 @@ def _checked_image_boxes(image_boxes, image_classes, *, index: int, num_classes:
 
 
 def build_targets(
-    boxes: Sequence, classes: Sequence, *, resolution: int, num_classes: int, max_boxes: int = 100
+    boxes: Sequence, classes: Sequence, *, heads: YoloHeads, resolution: int, max_boxes: int = 100
 ) -> tuple[np.ndarray, ...]:
-    """Per-image boxes and classes -> ``(coarse, fine, true_boxes)`` arrays for ``yolo_loss``.
+    """Per-image boxes and classes -> ``(*head_targets, true_boxes)`` arrays for ``yolo_loss``.
 
     ``boxes[i]`` is ``(K, 4)`` normalized ``xyxy`` in model-input coordinates, ``classes[i]`` its
-    ``(K,)`` class ids. Each head target is ``(N, grid, grid, 3, 5 + C)`` holding, at every
-    assigned (cell, anchor), the box as normalized ``x, y, w, h``, objectness 1 and the one-hot
-    class. ``true_boxes`` is ``(N, max_boxes, 4)`` ``xyxy``, zero-padded: the ignore rule's list.
+    ``(K,)`` class ids. Each head target, in ``heads`` order, is ``(N, grid, grid, A, 5 + C)``
+    holding, at every assigned (cell, anchor), the box as normalized ``x, y, w, h``, objectness 1
+    and the one-hot class. ``true_boxes`` is ``(N, max_boxes, 4)`` ``xyxy``, zero-padded: the
+    ignore rule's list.
     """
-    anchors = np.asarray(ANCHORS, dtype=np.float32) / resolution
-    in_a_mask = sorted({anchor for mask in MASKS for anchor in mask})
-    grids = [resolution // stride for stride in STRIDES]
-    heads = [np.zeros((len(boxes), g, g, ANCHORS_PER_HEAD, 5 + num_classes), np.float32) for g in grids]
+    anchors = np.asarray(heads.anchors, dtype=np.float32) / resolution
+    in_a_mask = sorted({anchor for mask in heads.masks for anchor in mask})
+    grids = heads.grids(resolution)
+    shape = (heads.anchors_per_head, 5 + heads.num_classes)
+    targets = [np.zeros((len(boxes), g, g, *shape), np.float32) for g in grids]
     true_boxes = np.zeros((len(boxes), max_boxes, 4), np.float32)
     for image, (image_boxes, image_classes) in enumerate(zip(boxes, classes, strict=True)):
         image_boxes, image_classes = _checked_image_boxes(
-            image_boxes, image_classes, index=image, num_classes=num_classes
+            image_boxes, image_classes, index=image, num_classes=heads.num_classes
         )
         if len(image_boxes) > max_boxes:
             raise DataError(f"image {image} has {len(image_boxes)} boxes, more than max_boxes={max_boxes}.")
@@ -101,17 +105,17 @@ def build_targets(
             width, height = x_max - x_min, y_max - y_min
             centre_x, centre_y = (x_min + x_max) / 2, (y_min + y_max) / 2
             ious = _shape_iou(width, height, anchors)
-            # Anchor 0 is in no head's mask: a box that fits it best goes to the best one that is.
+            # An anchor may be in no head's mask: a box that fits it best goes to the best one that is.
             best = max(in_a_mask, key=lambda anchor: ious[anchor])
-            for head, grid, mask in zip(heads, grids, MASKS):
+            for target, grid, mask in zip(targets, grids, heads.masks):
                 col, row = min(int(centre_x * grid), grid - 1), min(int(centre_y * grid), grid - 1)
                 for slot, anchor in enumerate(mask):
-                    if anchor == best or ious[anchor] > IOU_THRESH:
-                        head[image, row, col, slot, :4] = (centre_x, centre_y, width, height)
-                        head[image, row, col, slot, 4] = 1.0
-                        head[image, row, col, slot, 5:] = 0.0
-                        head[image, row, col, slot, 5 + class_id] = 1.0
-    return (*heads, true_boxes)
+                    if anchor == best or ious[anchor] > heads.iou_thresh:
+                        target[image, row, col, slot, :4] = (centre_x, centre_y, width, height)
+                        target[image, row, col, slot, 4] = 1.0
+                        target[image, row, col, slot, 5:] = 0.0
+                        target[image, row, col, slot, 5 + class_id] = 1.0
+    return (*targets, true_boxes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,18 +123,19 @@ def build_targets(
 # ---------------------------------------------------------------------------------------------
 
 
-def decode_head(raw, *, head: int, resolution: int):
-    """Raw head ``(N, g, g, 3, 5+C)`` -> predicted boxes ``(N, g, g, 3, 4)`` as normalized ``x, y, w, h``.
+def decode_head(raw, *, heads: YoloHeads, index: int, resolution: int):
+    """Raw head ``index`` ``(N, g, g, A, 5+C)`` -> predicted boxes ``(N, g, g, A, 4)`` as normalized ``x, y, w, h``.
 
-    Darknet's formula, the same as ``search.model.decode``:
+    Darknet's formula, the same as ``search.models.decode``:
     ``x = (col + sigmoid(tx) * s - (s - 1) / 2) / grid`` and ``w = exp(tw) * anchor_w / resolution``.
     """
     grid = tf.shape(raw)[1]
     grid_float = tf.cast(grid, tf.float32)
     rows, cols = tf.meshgrid(tf.range(grid), tf.range(grid), indexing="ij")
     cell = tf.cast(tf.stack([cols, rows], axis=-1), tf.float32)[None, :, :, None, :]  # (1, g, g, 1, 2)
-    anchors = tf.constant([ANCHORS[a] for a in MASKS[head]], tf.float32) / resolution  # (3, 2)
-    xy = (cell + tf.sigmoid(raw[..., 0:2]) * SCALE_X_Y - (SCALE_X_Y - 1.0) / 2.0) / grid_float
+    anchors = tf.constant(heads.head_anchors(index), tf.float32) / resolution  # (A, 2)
+    scale = heads.scale_x_y
+    xy = (cell + tf.sigmoid(raw[..., 0:2]) * scale - (scale - 1.0) / 2.0) / grid_float
     wh = tf.exp(tf.minimum(raw[..., 2:4], _MAX_LOG_SIZE)) * anchors
     return tf.concat([xy, wh], axis=-1)
 
@@ -171,18 +176,18 @@ def _best_truth_iou(pred_xywh, true_boxes):
     return tf.reshape(tf.reduce_max(iou, axis=-1), tf.shape(pred_xywh)[:-1])
 
 
-def _head_loss(output, target, true_boxes, *, head: int, resolution: int, num_classes: int):
-    """Summed box, objectness and class loss of one head over its batch."""
+def _head_loss(output, target, true_boxes, *, heads: YoloHeads, index: int, resolution: int):
+    """Summed box, objectness and class loss of head ``index`` over its batch."""
     grid = tf.shape(output)[1]
-    raw = tf.reshape(output, (-1, grid, grid, ANCHORS_PER_HEAD, 5 + num_classes))
-    pred_xywh = decode_head(raw, head=head, resolution=resolution)
+    raw = tf.reshape(output, (-1, grid, grid, heads.anchors_per_head, 5 + heads.num_classes))
+    pred_xywh = decode_head(raw, heads=heads, index=index, resolution=resolution)
     positive = target[..., 4]
 
     small_box_weight = 2.0 - target[..., 2] * target[..., 3]
     box = tf.reduce_sum(positive * small_box_weight * (1.0 - _ciou(pred_xywh, target[..., :4])))
 
     best_iou = tf.stop_gradient(_best_truth_iou(pred_xywh, true_boxes))
-    negative = (1.0 - positive) * tf.cast(best_iou <= IGNORE_THRESH, tf.float32)
+    negative = (1.0 - positive) * tf.cast(best_iou <= heads.ignore_thresh, tf.float32)
     objectness_bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=positive, logits=raw[..., 4])
     objectness = tf.reduce_sum((positive + negative) * objectness_bce)
 
@@ -191,19 +196,19 @@ def _head_loss(output, target, true_boxes, *, head: int, resolution: int, num_cl
     return BOX_WEIGHT * box + OBJECTNESS_WEIGHT * objectness + CLASS_WEIGHT * classes
 
 
-def yolo_loss(targets, outputs, *, resolution: int, num_classes: int):
-    """Scalar YOLO loss, mean over the batch, of the model's two raw heads against ``build_targets``."""
+def yolo_loss(targets, outputs, *, heads: YoloHeads, resolution: int):
+    """Scalar YOLO loss, mean over the batch, of the model's raw heads against ``build_targets``."""
     *head_targets, true_boxes = targets
     true_boxes = tf.cast(true_boxes, tf.float32)
     total = 0.0
-    for head, (output, target) in enumerate(zip(outputs, head_targets, strict=True)):
+    for index, (output, target) in enumerate(zip(outputs, head_targets, strict=True)):
         total += _head_loss(
             tf.cast(output, tf.float32),
             tf.cast(target, tf.float32),
             true_boxes,
-            head=head,
+            heads=heads,
+            index=index,
             resolution=resolution,
-            num_classes=num_classes,
         )
     return total / tf.cast(tf.shape(outputs[0])[0], tf.float32)
 
@@ -261,14 +266,24 @@ def _input_resolution(model: keras.Model, images: np.ndarray) -> int:
     return int(images.shape[1])
 
 
-def _make_train_step(model: keras.Model, optimizer, *, resolution: int, num_classes: int):
+def _check_training_set(images: np.ndarray, boxes: Sequence, classes: Sequence, *, steps: int, batch_size: int) -> None:
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"steps and batch_size must be >= 1, but got steps={steps}, batch_size={batch_size}.")
+    if len(images) == 0 or len(images) != len(boxes) or len(images) != len(classes):
+        raise DataError(
+            f"need one boxes and one classes entry per training image, but got {len(images)} images, "
+            f"{len(boxes)} boxes, {len(classes)} classes."
+        )
+
+
+def _make_train_step(model: keras.Model, optimizer, *, heads: YoloHeads, resolution: int):
     """A fresh ``tf.function`` for this model: a trace must never be reused for another model."""
 
     @tf.function
-    def train_step(images, coarse, fine, true_boxes):
+    def train_step(images, *targets):
         with tf.GradientTape() as tape:
             outputs = model(images, training=True)
-            loss = yolo_loss((coarse, fine, true_boxes), outputs, resolution=resolution, num_classes=num_classes)
+            loss = yolo_loss(targets, outputs, heads=heads, resolution=resolution)
         gradients = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(gradients, model.trainable_variables))
         return loss
@@ -276,13 +291,24 @@ def _make_train_step(model: keras.Model, optimizer, *, resolution: int, num_clas
     return train_step
 
 
+def _pruning_callback(model: keras.Model):
+    """TFMOT's pruning wrappers count steps and refresh masks only when this callback is driven;
+    on a model without wrappers it finds nothing to do."""
+    from search.compat import tfmot
+
+    callback = tfmot.sparsity.keras.UpdatePruningStep()
+    callback.set_model(model)
+    callback.on_train_begin()
+    return callback
+
+
 def train(
     model: keras.Model,
     *,
+    heads: YoloHeads,
     images: np.ndarray,
     boxes: Sequence,
     classes: Sequence,
-    num_classes: int,
     steps: int,
     batch_size: int = 8,
     learning_rate: float = 1e-3,
@@ -292,30 +318,19 @@ def train(
 ) -> list[float]:
     """Train ``model`` in place for ``steps`` Adam steps on uint8 ``images`` and return the loss per step.
 
-    ``boxes[i]``/``classes[i]`` are image ``i``'s normalized ``xyxy`` boxes and class ids. Batches
-    and augmentation come from ``numpy.random.default_rng(seed)``, so the same seed and the same
+    ``heads`` are the model's outputs (its family's ``heads(num_classes)``); ``boxes[i]`` /
+    ``classes[i]`` are image ``i``'s normalized ``xyxy`` boxes and class ids. Batches and
+    augmentation come from ``numpy.random.default_rng(seed)``, so the same seed and the same
     starting weights give the same losses. ``progress`` names a tqdm bar; ``None`` is silent.
     """
-    if steps < 1 or batch_size < 1:
-        raise ValueError(f"steps and batch_size must be >= 1, but got steps={steps}, batch_size={batch_size}.")
-    if len(images) == 0 or len(images) != len(boxes) or len(images) != len(classes):
-        raise DataError(
-            f"need one boxes and one classes entry per training image, but got {len(images)} images, "
-            f"{len(boxes)} boxes, {len(classes)} classes."
-        )
+    _check_training_set(images, boxes, classes, steps=steps, batch_size=batch_size)
     resolution = _input_resolution(model, images)
     max_boxes = max(1, max(len(b) for b in boxes))
     rng = np.random.default_rng(seed)
     batches = _batches(len(images), batch_size, rng)
     optimizer = keras.optimizers.Adam(learning_rate)
-    train_step = _make_train_step(model, optimizer, resolution=resolution, num_classes=num_classes)
-    # TFMOT's pruning wrappers count steps and refresh masks only when this callback is driven;
-    # on a model without wrappers it finds nothing to do.
-    from search.compat import tfmot
-
-    pruning_callback = tfmot.sparsity.keras.UpdatePruningStep()
-    pruning_callback.set_model(model)
-    pruning_callback.on_train_begin()
+    train_step = _make_train_step(model, optimizer, heads=heads, resolution=resolution)
+    pruning_callback = _pruning_callback(model)
 
     losses = []
     bar = tqdm(range(steps), desc=progress, disable=progress is None, leave=False)
@@ -329,9 +344,7 @@ def train(
         if augment:
             batch_images, batch_boxes = _augment(batch_images, batch_boxes, rng)
         # assign every box to its heads, cells and anchors
-        targets = build_targets(
-            batch_boxes, batch_classes, resolution=resolution, num_classes=num_classes, max_boxes=max_boxes
-        )
+        targets = build_targets(batch_boxes, batch_classes, heads=heads, resolution=resolution, max_boxes=max_boxes)
         # set this step's learning rate: warm-up, then cosine
         optimizer.learning_rate.assign(learning_rate_at(step, steps=steps, peak=learning_rate))
         # forward, backward, update (pruning wrappers advance their step inside the forward pass)

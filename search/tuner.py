@@ -20,15 +20,21 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import time
 from pathlib import Path
 from typing import Any
 
+from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
-from search.node_lock import shared
-from search.record import TrialRecorder
+from search import storage
+from search.node_lock import node_guard, shared
+from search.params import TrialParams
+from search.record import FAILED, TrialRecord, read_records, write_records
+from search.samplers import SAMPLERS
 from search.space import Space
-from search.trial import TrialContext, TrialParams, run_trial
+from search.spec import choose
 
 # What every Ray worker needs in its environment before it imports TensorFlow.
 WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONWARNINGS": "ignore"}
@@ -44,29 +50,8 @@ TUNE_DIR = "tune"  # Tune's experiment state (and the saved sampler), inside the
 
 
 def make_sampler(space: Space):
-    """The Optuna sampler the space names, seeded."""
-    import warnings
-
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # TPE's `group` is marked experimental; it is the documented way to model conditional spaces.
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-
-    budget = space.budget
-    trials = budget.trials or 50
-    if budget.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=budget.seed)
-    if budget.sampler == "nsga2":
-        # A population of a quarter of the budget still leaves a few generations to evolve.
-        return optuna.samplers.NSGAIISampler(seed=budget.seed, population_size=max(4, min(50, trials // 4)))
-    # TPE: multivariate + group model the conditional parameters jointly; constant_liar stops
-    # concurrent trials from being proposed the same point; a third of the budget (at most 10,
-    # Optuna's default) is random start-up, so a 12-trial search gets 8 model-guided proposals.
-    return optuna.samplers.TPESampler(
-        seed=budget.seed, multivariate=True, group=True, constant_liar=True,
-        n_startup_trials=max(3, min(10, trials // 3)),
-    )
+    """The Optuna sampler the space names (``search.samplers.SAMPLERS``), seeded."""
+    return choose(SAMPLERS, space.budget.sampler, what="budget.sampler").make(space.budget)
 
 
 class OptunaSearchWithFailures(OptunaSearch):
@@ -87,40 +72,106 @@ class OptunaSearchWithFailures(OptunaSearch):
             return super().on_trial_complete(trial_id, result, error)
 
 
-def trainable(config: dict[str, Any], context: TrialContext) -> None:
-    """Ray Tune function trainable: one trial, one report (its metrics, or its own error)."""
+def trial_folder(artifacts_dir: str, trial_id: str) -> tuple[str, Path]:
+    """(where the trial's files end up, where the pipeline writes them on this node): the same
+    folder on a shared mount; on an object store, a node-local scratch folder uploaded afterwards."""
+    location = storage.join(artifacts_dir, trial_id)
+    local = storage.SCRATCH / "trials" / trial_id if storage.is_uri(location) else Path(location)
+    local.mkdir(parents=True, exist_ok=True)
+    return location, local
+
+
+def _run_on_node(config: dict[str, Any], context, *, trial_id: str, location: str, local: Path) -> TrialRecord:
+    """The pipeline under the node lock, its files put where they belong, as a record."""
+    with shared():  # importing TensorFlow takes seconds of CPU: not while someone measures
+        from search.trial import MODEL_FILE, run_trial
+
+    result = run_trial(TrialParams.from_config(config), context, out_dir=local, guard=node_guard)
+    if storage.is_uri(location):  # on an object store the files go up; the node keeps nothing of them
+        storage.upload(local / MODEL_FILE, storage.join(location, MODEL_FILE))
+        shutil.rmtree(local, ignore_errors=True)
+    return result.record(trial_id, node=_node_id(), host=os.uname().nodename,
+                         model_path=storage.join(location, MODEL_FILE))
+
+
+def _node_id() -> str:
     import ray
-    from ray import tune
 
-    from search import storage
+    return ray.get_runtime_context().get_node_id()
 
+
+def trainable(config: dict[str, Any], context, artifacts_dir: str) -> None:
+    """Ray Tune function trainable: one trial, one report (its objective values and its record)."""
     trial_id = tune.get_context().get_trial_id()
-    record = storage.join(context.artifacts_dir, trial_id, RESULT)
-    node = {"node": ray.get_runtime_context().get_node_id(), "host": os.uname().nodename}
-    earlier = storage.read_bytes(record)
+    location, local = trial_folder(artifacts_dir, trial_id)
+    earlier = storage.read_bytes(storage.join(location, RESULT))
     if earlier is not None:
         # Finished before the driver was killed, but after Tune's last state save: report it again.
         tune.report({**json.loads(earlier), "resumed_from_record": True})
         return
     try:
-        result = {**run_trial(TrialParams.from_config(config), context, trial_id=trial_id), **node}
-    except Exception as error:
-        # Tune's strict metric check wants every objective in a result; None tells the recorder nothing.
+        record = _run_on_node(config, context, trial_id=trial_id, location=location, local=local)
+    except Exception as error:  # the trial's own error is data: recorded, never retried
         message = f"{type(error).__name__}: {error}".splitlines()[0][:500]
-        result = {**{name: None for name in context.space.metric_names}, "error": message, **node}
-    storage.write_bytes(record, json.dumps(result, default=str).encode())
+        record = TrialRecord(trial_id, FAILED, message, params=TrialParams.from_config(config).as_dict(),
+                             node=_node_id(), host=os.uname().nodename)
+    # Tune's strict metric check wants every objective in a result; None tells the searcher nothing.
+    values = {name: record.metrics.get(name) for name in context.space.metric_names}
+    result = {**values, "error": record.error, "record": record.to_dict()}
+    storage.write_bytes(storage.join(location, RESULT), json.dumps(result, default=str).encode())
     tune.report(result)
 
 
-def _function(context: TrialContext):
-    from ray import tune
+class TrialRecorder(tune.Callback):
+    """Collects finished trials' records and keeps ``trials.json`` / ``trials.csv`` current
+    (``search.record``), printing one progress line per trial."""
 
-    return tune.with_resources(tune.with_parameters(trainable, context=context), {"cpu": context.space.budget.cpus_per_trial})
+    def __init__(self, run_dir: Path, *, budget: int | None, echo=print):
+        self.run_dir = Path(run_dir)
+        self.budget = budget
+        self.echo = echo
+        self.records: list[TrialRecord] = []
+        self._started: dict[str, float] = {}
+
+    def setup(self, **info):
+        self.records = read_records(self.run_dir)  # a resumed search continues the record it left
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._started[trial.trial_id] = time.monotonic()
+        self.echo(f"  started  {trial.trial_id}: {TrialParams.from_config(trial.config).describe()}")
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self.echo(f"  retrying {trial.trial_id}: its worker process or node was lost (failure {trial.num_failures})")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        record = (trial.last_result or {}).get("record")
+        self._finish(trial, TrialRecord.from_dict(record) if record else self._lost(trial, "it reported no result"))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        # Died outside the pipeline (a killed worker or node) after its retries: Ray's message, its last line.
+        message = str(getattr(trial, "error_msg", "") or "trial process failed")
+        self._finish(trial, self._lost(trial, message.strip().splitlines()[-1][:500]))
+
+    @staticmethod
+    def _lost(trial, error: str) -> TrialRecord:
+        return TrialRecord(trial.trial_id, FAILED, error, params=TrialParams.from_config(trial.config).as_dict())
+
+    def _finish(self, trial, record: TrialRecord) -> None:
+        self.records = [r for r in self.records if r.trial_id != record.trial_id] + [record]
+        write_records(self.run_dir, self.records)
+        seconds = time.monotonic() - self._started.get(trial.trial_id, time.monotonic())
+        count = f"{len(self.records)}/{self.budget}" if self.budget else str(len(self.records))
+        self.echo(f"[{count:>7}] {trial.trial_id} in {seconds:4.0f}s | "
+                  f"{TrialParams.from_config(trial.config).describe()} | {record.describe()}")
 
 
-def run_tuner(space: Space, context: TrialContext, *, run_dir: Path, recorder: TrialRecorder) -> None:
+def _function(context, artifacts_dir: str):
+    return tune.with_resources(tune.with_parameters(trainable, context=context, artifacts_dir=artifacts_dir),
+                               {"cpu": context.space.budget.cpus_per_trial})
+
+
+def run_tuner(space: Space, context, *, artifacts_dir: str, run_dir: Path, recorder: TrialRecorder) -> None:
     """Run the search to its budget; every finished trial lands in ``recorder``."""
-    from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
     budget = space.budget
@@ -129,7 +180,7 @@ def run_tuner(space: Space, context: TrialContext, *, run_dir: Path, recorder: T
     )
     searcher = ConcurrencyLimiter(searcher, max_concurrent=budget.max_concurrent)
     tuner = tune.Tuner(
-        _function(context),
+        _function(context, artifacts_dir),
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             num_samples=budget.trials if budget.trials is not None else -1,
@@ -156,21 +207,17 @@ def run_tuner(space: Space, context: TrialContext, *, run_dir: Path, recorder: T
 
 def can_resume_tuner(run_dir: Path) -> bool:
     """Whether Tune saved enough of this run's search to continue it."""
-    from ray import tune
-
     return tune.Tuner.can_restore(str((run_dir / TUNE_DIR).resolve()))
 
 
-def resume_tuner(context: TrialContext, *, run_dir: Path) -> None:
+def resume_tuner(context, *, artifacts_dir: str, run_dir: Path) -> None:
     """Continue the search saved in ``run_dir``: the sampler's history, finished trials kept.
 
     Trials that were running when the driver died run again (or report their ``result.json``);
     errored ones stay recorded as failed. The recorder is the one saved with the run.
     """
-    from ray import tune
-
     tuner = tune.Tuner.restore(
-        str((run_dir / TUNE_DIR).resolve()), trainable=_function(context),
+        str((run_dir / TUNE_DIR).resolve()), trainable=_function(context, artifacts_dir),
         resume_unfinished=True, resume_errored=False, restart_errored=False,
     )
     tuner.fit()

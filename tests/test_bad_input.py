@@ -96,19 +96,18 @@ def test_fine_tune_too_short_to_prune(capsys, tmp_path, cache):
 
 
 def test_a_search_whose_every_trial_failed_exits_1(capsys, tmp_path):
-    import json
-
     from search.cli import _outcome
+    from search.pareto import Front
+    from search.runner import SearchResult
 
-    (tmp_path / "run.json").write_text(json.dumps({"completed_trials": 0, "failed_trials": 3}))
-    assert _outcome(tmp_path) == 1
+    nothing = Front(completed=(), members=(), exported=None)
+    assert _outcome(SearchResult(run_dir=tmp_path, completed=0, failed=3, front=nothing, export_dir=None)) == 1
     assert capsys.readouterr().err.startswith("NoCompletedTrial: all 3 trials failed;")
-    (tmp_path / "run.json").write_text(json.dumps({"completed_trials": 1, "failed_trials": 2}))
-    assert _outcome(tmp_path) == 0
+    assert _outcome(SearchResult(run_dir=tmp_path, completed=1, failed=2, front=nothing, export_dir=None)) == 0
 
 
 def _darknet_space(tmp_path: Path, weights: Path) -> Path:
-    from search.model.darknet import yolov4_tiny_cfg_text
+    from search.models.yolov4_tiny.darknet import yolov4_tiny_cfg_text
 
     cfg = tmp_path / "yolov4-tiny-3.cfg"
     cfg.write_text(yolov4_tiny_cfg_text(num_classes=3, resolution=64))

@@ -6,7 +6,9 @@ import numpy as np
 import optuna
 import pytest
 
-from search.pareto import pareto_front, pick_export
+from search.pareto import EXPORT_RULES, compute_front, pareto_front
+from search.record import COMPLETED, FAILED, TrialRecord
+from search.space import ObjectiveSpec
 
 DIRECTIONS = ["maximize", "minimize", "minimize"]
 
@@ -34,16 +36,32 @@ def test_front_of_hand_made_points():
     assert pareto_front([], DIRECTIONS) == []
 
 
+OBJECTIVES = [ObjectiveSpec("map50", "maximize"), ObjectiveSpec("size_bytes", "minimize"), ObjectiveSpec("latency_ms", "minimize")]
+
+
+def _records(values) -> list[TrialRecord]:
+    names = [o.name for o in OBJECTIVES]
+    return [TrialRecord(f"t{i}", COMPLETED, metrics=dict(zip(names, row))) for i, row in enumerate(values)]
+
+
+def _pick(values, rule: str, **limits):
+    front = compute_front(_records(values), objectives=OBJECTIVES, rule=rule, accuracy="map50", limits=limits)
+    return front.exported
+
+
 def test_export_rules():
-    names = ["map50", "size_bytes", "latency_ms"]
     values = [[0.9, 100, 50], [0.8, 20, 10], [0.3, 10, 5], [0.2, 200, 90]]
-    sizes = [v[1] for v in values]
-    latencies = [v[2] for v in values]
-    assert pick_export(values, names, DIRECTIONS, rule="max_accuracy", accuracy="map50") == 0
-    assert pick_export(values, names, DIRECTIONS, rule="knee", accuracy="map50") == 1
-    assert pick_export(values, names, DIRECTIONS, rule="within_limits", accuracy="map50", max_size_bytes=15,
-                       size_bytes=sizes, latency_ms=latencies) == 2
-    assert pick_export(values, names, DIRECTIONS, rule="within_limits", accuracy="map50", max_latency_ms=1,
-                       size_bytes=sizes, latency_ms=latencies) is None
-    with pytest.raises(ValueError, match="rule must be one of"):
-        pick_export(values, names, DIRECTIONS, rule="best", accuracy="map50")
+    assert _pick(values, "max_accuracy") == 0
+    assert _pick(values, "knee") == 1
+    assert _pick(values, "within_limits", size_bytes=15) == 2
+    assert _pick(values, "within_limits", latency_ms=1) is None
+    assert set(EXPORT_RULES) == {"knee", "max_accuracy", "within_limits"}
+    assert all(rule.description and callable(rule.pick) for rule in EXPORT_RULES.values())
+
+
+def test_the_front_is_a_value_over_completed_records_only():
+    records = [*_records([[0.9, 100, 50], [0.8, 20, 10]]), TrialRecord("lost", FAILED, "worker died")]
+    front = compute_front(records, objectives=OBJECTIVES, rule="max_accuracy", accuracy="map50", limits={})
+    assert [r.trial_id for r in front.completed] == ["t0", "t1"]
+    assert [r.trial_id for r in front.records] == ["t0", "t1"] and front.exported_record.trial_id == "t0"
+    assert compute_front([], objectives=OBJECTIVES, rule="knee", accuracy="map50", limits={}).exported is None

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from search.compat import keras
-from search.model.yolov4_tiny import build_yolov4_tiny
+from search.models import get_family
+from search.models.yolov4_tiny.builder import build_yolov4_tiny
 from search.prune import is_pruned_layer, measured_sparsity
 from search.qat import qat_sparsity, quantize_aware_fine_tune
 from search.quantize import QUANT_MODES, convert
@@ -14,6 +15,7 @@ RESOLUTION = 64
 NUM_CLASSES = 2
 STEPS = 3
 SPARSITY = 0.5
+FAMILY = get_family("yolov4_tiny")
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +24,7 @@ def data():
     images = rng.integers(0, 256, (4, RESOLUTION, RESOLUTION, 3), dtype=np.uint8)
     boxes = [np.array([[0.1, 0.2, 0.5, 0.6]], np.float32)] * 4
     classes = [np.array([i % NUM_CLASSES], np.int32) for i in range(4)]
-    return {"images": images, "boxes": boxes, "classes": classes, "num_classes": NUM_CLASSES}
+    return {"images": images, "boxes": boxes, "classes": classes}
 
 
 @pytest.fixture(scope="module")
@@ -31,11 +33,11 @@ def pruned_model():
     keras.utils.set_random_seed(0)
     model = build_yolov4_tiny(num_classes=NUM_CLASSES, resolution=RESOLUTION)
     for layer in model.layers:
-        if is_pruned_layer(layer):
+        if is_pruned_layer(layer, dense_layers=FAMILY.dense_layers(model)):
             kernel = layer.kernel.numpy()
             kernel[np.abs(kernel) < np.quantile(np.abs(kernel), SPARSITY)] = 0.0
             layer.kernel.assign(kernel)
-    assert measured_sparsity(model) == pytest.approx(SPARSITY, abs=0.01)
+    assert measured_sparsity(model, dense_layers=FAMILY.dense_layers(model)) == pytest.approx(SPARSITY, abs=0.01)
     return model
 
 
@@ -45,7 +47,8 @@ def qat_models(pruned_model, data):
     before = [w.copy() for w in pruned_model.get_weights()]
     models = {
         preserve: quantize_aware_fine_tune(
-            pruned_model, preserve_sparsity=preserve, steps=STEPS, batch_size=2, learning_rate=1e-3, **data
+            pruned_model, heads=FAMILY.heads(NUM_CLASSES), split_layers=FAMILY.channel_split_layers(pruned_model),
+            preserve_sparsity=preserve, steps=STEPS, batch_size=2, learning_rate=1e-3, **data,
         )
         for preserve in (True, False)
     }
@@ -53,11 +56,23 @@ def qat_models(pruned_model, data):
     return models
 
 
-def test_prune_preserving_qat_keeps_the_sparsity_plain_qat_loses_it(qat_models):
+def test_prune_preserving_qat_keeps_the_sparsity_plain_qat_loses_it(qat_models, pruned_model):
+    dense = FAMILY.dense_layers(pruned_model)
     # The float kernels inside the QAT wrappers: the weights that the converter quantizes.
-    assert qat_sparsity(qat_models[True]) == pytest.approx(SPARSITY, abs=0.02)
+    assert qat_sparsity(qat_models[True], dense_layers=dense) == pytest.approx(SPARSITY, abs=0.02)
     # Plain QAT: zeros that get a gradient move; measured 0.26 left after 3 steps (from 0.50).
-    assert qat_sparsity(qat_models[False]) < SPARSITY - 0.1
+    assert qat_sparsity(qat_models[False], dense_layers=dense) < SPARSITY - 0.1
+
+
+def test_a_lambda_the_family_does_not_name_as_a_split_is_refused(pruned_model):
+    from search.qat import quantize_aware_model
+
+    images = np.zeros((1, RESOLUTION, RESOLUTION, 3), np.float32)
+    splits = FAMILY.channel_split_layers(pruned_model)
+    with pytest.raises(ValueError, match="another Lambda"):
+        quantize_aware_model(pruned_model, split_layers=splits[1:], preserve_sparsity=False, range_images=images)
+    with pytest.raises(ValueError, match="must halve the channels, but layer 'conv_0'"):
+        quantize_aware_model(pruned_model, split_layers=("conv_0",), preserve_sparsity=False, range_images=images)
 
 
 def test_qat_int8_converts_to_a_model_that_passes_the_int8_audit(qat_models, data):

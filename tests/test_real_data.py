@@ -17,7 +17,7 @@ import pytest
 from search.cli import main
 from search.errors import DataError, SpaceError, WeightsError
 from search.inputs import base_model, check_model_files, load_data
-from search.model.darknet import darknet_float_count, yolov4_tiny_cfg_text
+from search.models.yolov4_tiny.darknet import darknet_float_count, yolov4_tiny_cfg_text
 from search.space import load_space
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,6 +135,7 @@ def _coco_space(tmp_path, *extra: str):
     ))  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.real
 @needs_real
 def test_coco_space_validates_with_the_real_files(tmp_path, capsys):
@@ -148,12 +149,13 @@ def test_coco_space_validates_with_the_real_files(tmp_path, capsys):
         check_model_files(replace(space, model=replace(space.model, weights=str(tmp_path / "x.weights"))))
 
 
+@pytest.mark.slow
 @pytest.mark.real
 @needs_real
 def test_official_weights_on_coco128_float32_tflite_equals_keras(tmp_path):
     """The imported base model's Keras mAP and its float32 TFLite mAP on 12 val images agree and are plausible."""
-    from objectives.accuracy import measure_accuracy
-    from search.model.yolov4_tiny import build_yolov4_tiny
+    from search.objectives.accuracy import measure_accuracy
+    from search.models.yolov4_tiny.builder import build_yolov4_tiny
     from search.quantize import convert
     from search.tflite_model import TFLiteDetector
 
@@ -164,10 +166,15 @@ def test_official_weights_on_coco128_float32_tflite_equals_keras(tmp_path):
     again = base_model(space, dataset, progress=False)
     assert again.cached and again.key == base.key and again.map50 == base.map50
 
+    from search.models import get_family
+
     model = build_yolov4_tiny(num_classes=80, resolution=320)
     model.load_weights(base.weights)
     detector = TFLiteDetector(convert(model, mode="float32").content)
-    tflite = measure_accuracy(detector, dataset.val, num_classes=80, resolution=320, preprocessing="stretch")
+    m = space.measure
+    tflite = measure_accuracy(detector, dataset.val, heads=get_family(space.model.name).heads(80), resolution=320,
+                              preprocessing="stretch", score_threshold=m.score_threshold,
+                              iou_threshold=m.iou_threshold, max_detections=m.max_detections)
     print(f"12 coco128 val images at 320: keras {base.map50:.4f}/{base.map:.4f}, tflite {tflite}")
     assert tflite["map50"] == pytest.approx(base.map50, abs=0.005)
     assert tflite["map"] == pytest.approx(base.map, abs=0.005)

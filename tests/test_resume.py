@@ -115,20 +115,21 @@ def test_a_trial_that_raises_is_recorded_told_fail_and_not_retried(tmp_path):
     import optuna
 
     from search.inputs import load_data
-    from search.record import TrialRecorder, read_rows
+    from search.record import read_rows
     from search.space import load_space
     from search.trial import TrialContext
-    from search.tuner import run_tuner, start_ray, stop_ray
+    from search.tuner import TrialRecorder, run_tuner, start_ray, stop_ray
 
     space = load_space(ROOT / "spaces" / "smoke.yaml", (f"storage.cache_dir={tmp_path / 'cache'}", "budget.trials=2",
                                                         "budget.max_retries=2"))
     missing = tmp_path / "no-such-base.h5"  # every trial fails in its first step, in seconds
     context = TrialContext(space=space, dataset=load_data(space), base_weights=str(missing),
-                           artifacts_dir=str(tmp_path / "trials"), stages_dir=str(tmp_path / "stages"))
+                           stages_dir=str(tmp_path / "stages"))
     lines: list[str] = []
     try:
         start_ray(None)
-        run_tuner(space, context, run_dir=tmp_path, recorder=TrialRecorder(tmp_path, budget=2, echo=lines.append))
+        run_tuner(space, context, artifacts_dir=str(tmp_path / "trials"), run_dir=tmp_path,
+                  recorder=TrialRecorder(tmp_path, budget=2, echo=lines.append))
     finally:
         stop_ray()
 

@@ -14,6 +14,10 @@ from search.runner import run_search
 from search.space import load_space
 
 ROOT = Path(__file__).resolve().parents[1]
+# The seeded random search whose trials were recorded before the redesign (issue 10): the same
+# parameters must give the same mAP and size after any change that claims to keep behaviour.
+PINNED_SEARCH = ("budget.sampler=random", "budget.trials=5")
+PINNED = json.loads((ROOT / "tests" / "fixtures" / "smoke_random_5_trials.json").read_text())["trials"]
 
 
 @pytest.fixture(scope="module")
@@ -24,9 +28,9 @@ def smoke_run(tmp_path_factory) -> tuple[Path, list[str]]:
     # fails unless every path is made absolute where the space is read.
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(tmp)
-        space = load_space(ROOT / "spaces" / "smoke.yaml", ("storage.cache_dir=cache",))
-        run_dir = run_search(space, run_dir=Path("run"), echo=lines.append)
-    return tmp / run_dir, lines
+        space = load_space(ROOT / "spaces" / "smoke.yaml", ("storage.cache_dir=cache", *PINNED_SEARCH))
+        result = run_search(space, run_dir=Path("run"), echo=lines.append)
+    return tmp / result.run_dir, lines
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -38,12 +42,12 @@ def test_smoke_search_leaves_every_artifact(smoke_run):
     run_dir, lines = smoke_run
     info = json.loads((run_dir / "run.json").read_text())
     assert info["status"] == "finished"
-    assert info["completed_trials"] + info["failed_trials"] == 3
+    assert info["completed_trials"] + info["failed_trials"] == 5
     assert info["objectives"] == {"map50": "maximize", "size_bytes": "minimize", "latency_ms": "minimize"}
     assert len(info["space_sha256"]) == 64 and info["packages"]["tensorflow"] == "2.21.0"
 
     trials = read_csv(run_dir / "trials.csv")
-    assert len(trials) == 3
+    assert len(trials) == 5
     assert {"param.resolution", "param.quantization", "map50", "size_bytes", "latency_ms", "sparsity", "time_fine_tune_s"} <= set(trials[0])
     completed = [t for t in trials if t["status"] == "completed"]
     assert completed, [t["error"] for t in trials]
@@ -51,11 +55,25 @@ def test_smoke_search_leaves_every_artifact(smoke_run):
         assert int(t["param.resolution"]) in (64, 96)
         # calibration_size is only there when the mode calibrates
         assert (t["param.calibration_size"] != "") == (t["param.quantization"] == "int8")
+    records = json.loads((run_dir / "trials.json").read_text())["trials"]
+    assert [r["trial_id"] for r in records] == [t["trial_id"] for t in trials]  # the CSV is a view of the record
 
     pareto = read_csv(run_dir / "pareto.csv")
     assert 1 <= len(pareto) <= len(completed)
     assert (run_dir / "report.html").stat().st_size > 10_000 and (run_dir / "report.png").exists()
     assert any(line.startswith("Pareto front") for line in lines)
+
+
+def test_the_seeded_search_measures_what_it_measured_before_the_redesign(smoke_run):
+    run_dir, _ = smoke_run
+    records = json.loads((run_dir / "trials.json").read_text())["trials"]
+    found = sorted(({"params": r["params"], **{k: r["metrics"][k] for k in ("map50", "map", "size_bytes")}}
+                    for r in records), key=lambda d: json.dumps(d["params"], sort_keys=True))
+    assert [f["params"] for f in found] == [p["params"] for p in PINNED]
+    for now, before in zip(found, PINNED):
+        assert now["size_bytes"] == before["size_bytes"]
+        assert now["map50"] == pytest.approx(before["map50"], abs=1e-9)
+        assert now["map"] == pytest.approx(before["map"], abs=1e-9)
 
 
 def test_export_loads_and_runs_in_litert(smoke_run):
@@ -82,3 +100,4 @@ def test_a_finished_run_is_never_overwritten(smoke_run):
     with pytest.raises(RunDirError, match="exists already"):
         run_search(space, run_dir=run_dir, echo=lambda line: None)
     assert (run_dir / "trials.csv").read_bytes() == before
+    assert json.loads((run_dir / "trials.json").read_text())["trials"]

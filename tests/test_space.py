@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
 import pytest
 import yaml
 
+from search.data.formats import DATA_FORMATS
+from search.data.preprocess import PREPROCESSING, preprocessing_mode
 from search.errors import SpaceError
+from search.models import FAMILIES, get_family
+from search.pareto import EXPORT_RULES
+from search.pruning import SCHEDULES, STRUCTURES, PruningSpec
+from search.quantize import QUANT_MODES, get_mode
+from search.samplers import SAMPLERS
 from search.space import load_space
+from search.spec import choose
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACES = sorted((ROOT / "spaces").glob("*.yaml"))
@@ -51,7 +60,7 @@ def test_bad_key_message_is_pinned(tmp_path):
     "edit, expected",
     [
         (lambda r: r["search"].update(resolution={"choices": [64, 100]}), "search.resolution: must be multiples of 32 from 32 to 1024, but got 100"),
-        (lambda r: r["search"].update(quantization={"choices": ["int9"]}), "search.quantization: must be a quantization mode; allowed:"),
+        (lambda r: r["search"].update(quantization={"choices": ["int9"]}), "search.quantization: must be one of the names below, but got 'int9'; allowed: float32, "),
         (lambda r: r["search"].update(quantization="float61"), "did you mean 'float16'?"),
         (lambda r: r["search"]["pruning"].update(target_sparsity={"low": 0.7, "high": 0.3}), "search.pruning.target_sparsity: must have low < high (a non-empty range), but got low=0.7, high=0.3"),
         (lambda r: r["search"]["pruning"].update(target_sparsity=1.5), "must be fractions with 0 < sparsity < 1, but got 1.5"),
@@ -109,14 +118,14 @@ def test_define_by_run_asks_conditional_parameters_only_when_they_act():
         seen_modes.add(params["quantization"])
         seen_schedules.add(params["pruning_schedule"])
         assert params["resolution"] % 32 == 0
-        calibrates = params["quantization"] in space.calibrating_modes
+        calibrates = QUANT_MODES[params["quantization"]].needs_calibration
         assert ("calibration_size" in params) == calibrates, params
         prunes = params["pruning_schedule"] != "none"
         assert ("pruning_structure" in params) == prunes, params
         assert ("target_sparsity" in params) == (prunes and params["pruning_structure"] != "2:4"), params
         if prunes:
             assert 0.3 <= params["target_sparsity"] <= 0.8
-    assert "int8" in space.calibrating_modes and "float32" not in space.calibrating_modes
+    assert QUANT_MODES["int8"].needs_calibration and not QUANT_MODES["float32"].needs_calibration
     assert seen_modes == set(space.search.quantization.values)
     assert seen_schedules == {"none", "polynomial_decay"}
 
@@ -151,3 +160,89 @@ def test_relative_paths_become_absolute_against_the_working_directory(tmp_path, 
     assert space.cache_dir == str(tmp_path / "c")
     assert space.data.path == str(tmp_path / "d" / "data.yaml")
     assert space.model.weights == str(tmp_path / "w.weights")
+
+
+# --- One table per finite choice: an unknown name reads the same wherever it is met.
+
+# (table, the key that names a row of it, a typo, the row the typo meant)
+TABLES = {
+    "quantization modes": (QUANT_MODES, "search.quantization", "int88", "int8"),
+    "pruning schedules": (SCHEDULES, "search.pruning.schedule", "constnt", "constant"),
+    "pruning structures": (STRUCTURES, "search.pruning.structure", "unstructred", "unstructured"),
+    "samplers": (SAMPLERS, "budget.sampler", "tpee", "tpe"),
+    "export rules": (EXPORT_RULES, "export.rule", "kne", "knee"),
+    "data formats": (DATA_FORMATS, "data.format", "cocoo", "coco"),
+    "preprocessing": (PREPROCESSING, "data.preprocessing", "letterbx", "letterbox"),
+    "model families": (FAMILIES, "model.name", "yolov4tiny", "yolov4_tiny"),
+}
+
+
+def _unknown_line(table, typo: str, meant: str) -> str:
+    return f"must be one of the names below, but got {typo!r}; allowed: {', '.join(table)}; did you mean {meant!r}?"
+
+
+@pytest.mark.parametrize("table, key, typo, meant", TABLES.values(), ids=TABLES.keys())
+def test_an_unknown_name_in_any_table_is_the_same_line(tmp_path, table, key, typo, meant):
+    *sections, name = key.split(".")
+
+    def edit(raw):
+        node = raw
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[name] = typo
+
+    path = write_space(tmp_path, edit)
+    assert error_of(path) == f"{path}: {key}: {_unknown_line(table, typo, meant)}"
+    with pytest.raises(SpaceError) as caught:
+        choose(table, typo, what=key)
+    assert str(caught.value) == f"{key} {_unknown_line(table, typo, meant)}"
+
+
+@pytest.mark.parametrize(
+    "lookup, what, table, typo, meant",
+    [
+        (lambda name: PruningSpec(schedule=name, target_sparsity=0.5), "pruning schedule", SCHEDULES, "constnt", "constant"),
+        (lambda name: PruningSpec(schedule="constant", target_sparsity=0.5, structure=name), "pruning structure", STRUCTURES, "2:5", "2:4"),
+        (preprocessing_mode, "preprocessing", PREPROCESSING, "letterbx", "letterbox"),
+        (get_mode, "quantization mode", QUANT_MODES, "int88", "int8"),
+        (get_family, "model.name", FAMILIES, "yolov4tiny", "yolov4_tiny"),
+    ],
+    ids=["PruningSpec.schedule", "PruningSpec.structure", "preprocessing_mode", "get_mode", "get_family"],
+)
+def test_runtime_lookups_use_the_same_line(lookup, what, table, typo, meant):
+    with pytest.raises(SpaceError) as caught:
+        lookup(typo)
+    assert str(caught.value) == f"{what} {_unknown_line(table, typo, meant)}"
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_every_sampler_is_seeded_by_the_budget(name):
+    space = load_space(ROOT / "spaces" / "smoke.yaml", (f"budget.sampler={name}",))
+
+    def proposals(seed: int) -> list[dict]:
+        sampler = SAMPLERS[name].make(replace(space.budget, seed=seed))
+        study = optuna.create_study(directions=[o.direction for o in space.objectives], sampler=sampler)
+        asked = []
+        for _ in range(4):
+            trial = study.ask()
+            space.suggest(trial)
+            asked.append(trial.params)
+            study.tell(trial, [0.5] * len(space.objectives))
+        return asked
+
+    assert proposals(0) == proposals(0)
+    assert proposals(0) != proposals(1)
+
+
+def test_suggest_reads_the_mode_rows():
+    # Every mode that calibrates asks for calibration_size, every selective one for float_layers.
+    modes = ", ".join(QUANT_MODES)
+    space = load_space(ROOT / "spaces" / "smoke.yaml", (f"search.quantization={{choices: [{modes}]}}",))
+    seen = set()
+    for seed in range(80):
+        params = _ask(space, seed)
+        mode = QUANT_MODES[params["quantization"]]
+        seen.add(params["quantization"])
+        assert ("calibration_size" in params) == mode.needs_calibration, params
+        assert ("float_layers" in params) == mode.selective, params
+    assert seen == set(QUANT_MODES)

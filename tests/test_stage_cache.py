@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,7 +16,10 @@ import pytest
 from search.inputs import load_data
 from search.space import load_space
 from search.stage_cache import CARD, WEIGHTS, cached_stage
-from search.trial import TrialContext, TrialParams, run_trial, trial_stage_key
+from search.stages.fine_tune import pruning_spec, stage_key
+from search.trial import TrialContext, TrialParams, run_trial
+
+ARCHITECTURE = {"family": "test", "widths": [8]}  # what a real stage stores beside its weights
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,7 +36,7 @@ COMPETITOR = textwrap.dedent("""
             f.write("computed\\n")
         time.sleep(2.0)
         weights.write_bytes(b"weights")
-        return 0.5
+        return {"sparsity": 0.5, "architecture": {"family": "test"}}
 
     stage = cached_stage(root, "k", compute, poll_s=0.1)
     print("hit" if stage.hit else "miss", stage.sparsity, stage.weights.read_bytes().decode())
@@ -55,8 +59,18 @@ def test_a_dead_holders_lock_is_broken(tmp_path):
     lock = root / "k.lock"
     lock.write_text("{}")  # a holder that died: nobody touches the lock any more
     os.utime(lock, (time.time() - 120, time.time() - 120))
-    stage = cached_stage(root, "k", lambda weights: weights.write_bytes(b"w") and 0.25, stale_after_s=60, poll_s=0.05)
+    stage = cached_stage(root, "k", lambda weights: _made(weights, 0.25), stale_after_s=60, poll_s=0.05)
     assert not stage.hit and stage.sparsity == 0.25 and stage.weights.read_bytes() == b"w"
+    assert stage.architecture == ARCHITECTURE and cached_stage(root, "k", _never).architecture == ARCHITECTURE
+
+
+def _made(weights: Path, sparsity: float) -> dict:
+    weights.write_bytes(b"w")
+    return {"sparsity": sparsity, "architecture": ARCHITECTURE}
+
+
+def _never(weights: Path) -> dict:
+    raise AssertionError("a cached stage is not computed again")
 
 
 def test_a_live_holders_lock_is_waited_for(tmp_path):
@@ -64,7 +78,7 @@ def test_a_live_holders_lock_is_waited_for(tmp_path):
     root.mkdir()
     (root / "k.lock").write_text("{}")  # fresh: its holder is computing
     with pytest.raises(TimeoutError):
-        _with_deadline(lambda: cached_stage(root, "k", lambda w: 0.0, stale_after_s=60, poll_s=0.05), seconds=1.0)
+        _with_deadline(lambda: cached_stage(root, "k", _never, stale_after_s=60, poll_s=0.05), seconds=1.0)
 
 
 def _with_deadline(call, *, seconds: float):
@@ -91,47 +105,52 @@ def test_a_failed_computation_releases_the_lock_and_caches_nothing(tmp_path):
     with pytest.raises(RuntimeError, match="diverged"):
         cached_stage(root, "k", broken)
     assert not (root / "k.lock").exists() and not (root / "k" / CARD).exists()
-    assert not cached_stage(root, "k", lambda w: w.write_bytes(b"w") and 0.0).hit
+    assert not cached_stage(root, "k", lambda w: _made(w, 0.0)).hit
 
 
 @pytest.fixture(scope="module")
 def context(tmp_path_factory) -> TrialContext:
-    from search.model.yolov4_tiny import build_yolov4_tiny
+    from search.models import get_family
 
     tmp = tmp_path_factory.mktemp("stage")
     space = load_space(ROOT / "spaces" / "smoke.yaml", (f"storage.cache_dir={tmp / 'cache'}", "fine_tune.steps=10"))
     dataset = load_data(space)
     weights = tmp / "base.h5"
-    build_yolov4_tiny(num_classes=dataset.num_classes, resolution=64).save_weights(str(weights))
-    return TrialContext(space=space, dataset=dataset, base_weights=str(weights), artifacts_dir=str(tmp / "trials"),
-                        stages_dir=str(tmp / "stages"))
+    get_family(space.model.name).build(num_classes=dataset.num_classes, resolution=64).save_weights(str(weights))
+    return TrialContext(space=space, dataset=dataset, base_weights=str(weights), stages_dir=str(tmp / "stages"))
 
 
-def test_trials_differing_only_in_quantization_share_one_fine_tune(context):
+def test_trials_differing_only_in_quantization_share_one_fine_tune(context, tmp_path):
     pruned = TrialParams(resolution=64, pruning_schedule="polynomial_decay", target_sparsity=0.5,
                          pruning_structure="unstructured", quantization="float32")
-    first = run_trial(pruned, context, trial_id="first")
-    second = run_trial(replace(pruned, quantization="float16"), context, trial_id="second")
+    (tmp_path / "first").mkdir()
+    (tmp_path / "second").mkdir()
+    first = run_trial(pruned, context, out_dir=tmp_path / "first")
+    second = run_trial(replace(pruned, quantization="float16"), context, out_dir=tmp_path / "second")
 
-    assert (first["stage_cache"], second["stage_cache"]) == ("miss", "hit")
+    assert (first.stage_cache, second.stage_cache) == ("miss", "hit")
     assert len(list(Path(context.stages_dir).glob(f"*/{WEIGHTS}"))) == 1
-    assert second["sparsity"] == first["sparsity"] > 0.45
-    assert second["time_fine_tune_s"] < first["time_fine_tune_s"] / 3
+    card = json.loads(next(Path(context.stages_dir).glob(f"*/{CARD}")).read_text())
+    assert card["architecture"]["family"] == context.space.model.name  # the network is stored with its weights
+    assert second.sparsity == first.sparsity > 0.45
+    assert second.seconds["fine_tune"] < first.seconds["fine_tune"] / 3
     # The cached weights are the fine-tuned ones, not the base: float16 halves the same float32 model.
-    assert 0.45 < second["size_bytes"] / first["size_bytes"] < 0.55
+    assert 0.45 < second.metrics["size_bytes"] / first.metrics["size_bytes"] < 0.55
 
 
 def test_the_stage_key_holds_what_the_stage_depends_on_and_nothing_after(context):
-    from search.prune import PruningSpec
-
     pruned = TrialParams(resolution=64, pruning_schedule="polynomial_decay", target_sparsity=0.5,
                          pruning_structure="unstructured", quantization="float32")
-    spec = PruningSpec(schedule="polynomial_decay", target_sparsity=0.5, structure="unstructured")
-    key = trial_stage_key(pruned, context, spec)
-    assert key == trial_stage_key(replace(pruned, quantization="int8", calibration_size=8), context, spec)
-    assert key != trial_stage_key(replace(pruned, resolution=96), context, spec)
-    assert key != trial_stage_key(pruned, context, replace(spec, target_sparsity=0.3))
+    spec = pruning_spec(pruned)
+
+    def key(params=pruned, context=context, spec=spec, architecture=ARCHITECTURE):
+        return stage_key(params, context, pruning=spec, architecture=architecture)
+
+    assert key() == key(replace(pruned, quantization="int8", calibration_size=8))
+    assert key() != key(replace(pruned, resolution=96))
+    assert key() != key(spec=replace(spec, target_sparsity=0.3))
+    assert key() != key(architecture={**ARCHITECTURE, "widths": [16]})
     other_fine_tune = replace(context.space, fine_tune=replace(context.space.fine_tune, steps=11))
-    assert key != trial_stage_key(pruned, replace(context, space=other_fine_tune), spec)
+    assert key() != key(context=replace(context, space=other_fine_tune))
     other_seed = replace(context.space, budget=replace(context.space.budget, seed=1))
-    assert key != trial_stage_key(pruned, replace(context, space=other_seed), spec)
+    assert key() != key(context=replace(context, space=other_seed))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from search import storage
-from search.stage_cache import cached_stage, stage_weights
+from search.stage_cache import cached, cached_stage
 from tests.test_stage_cache import COMPETITOR
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,10 +64,15 @@ def test_a_dead_holders_lock_entry_in_s3_is_broken(s3_storage):
     root = storage.join(s3_storage, "stages")
     storage.write_bytes(storage.join(root, "k.lock", "1-deadhost-1-0"), b"{}")  # a holder that died
     time.sleep(2.5)  # the store's clock: modification times have whole seconds
-    stage = cached_stage(root, "k", lambda weights: weights.write_bytes(b"w") and 0.25, stale_after_s=2, poll_s=0.05)
+    stage = cached_stage(root, "k", lambda weights: _made(weights, b"w", 0.25), stale_after_s=2, poll_s=0.05)
     assert not stage.hit and stage.sparsity == 0.25 and stage.weights.read_bytes() == b"w"
-    assert stage_weights(root, "k").read_bytes() == b"w"
-    assert stage_weights(root, "other") is None
+    assert cached(root, "k").weights.read_bytes() == b"w" and cached(root, "k").architecture == {"family": "test"}
+    assert cached(root, "other") is None
+
+
+def _made(weights, content: bytes, sparsity: float) -> dict:
+    weights.write_bytes(content)
+    return {"sparsity": sparsity, "architecture": {"family": "test"}}
 
 
 def test_a_live_holder_is_waited_for_not_broken(s3_storage):
@@ -87,7 +92,7 @@ def _cached_stage_within(root: str, *, seconds: float):
     result = []
 
     def ask():
-        result.append(cached_stage(root, "k", lambda w: w.write_bytes(b"mine") and 1.0, poll_s=0.1))
+        result.append(cached_stage(root, "k", lambda w: _made(w, b"mine", 1.0), poll_s=0.1))
         done.set()
 
     threading.Thread(target=ask, daemon=True).start()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from search.compat import keras
-from search.model.yolov4_tiny import build_yolov4_tiny, head_channels
+from search.models.yolov4_tiny.builder import build_yolov4_tiny, head_channels
 from search.quantize import convert
 from search.tflite_model import TFLiteDetector
 

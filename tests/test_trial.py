@@ -10,22 +10,29 @@ import pytest
 from search.inputs import load_data
 from search.quantize import QUANT_MODES
 from search.space import load_space
-from search.trial import TrialContext, TrialParams, calibration_images, calibration_indices, run_trial
+from search.stages.convert import calibration_images, calibration_indices
+from search.trial import TrialContext, TrialParams, TrialResult, run_trial
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def context(tmp_path_factory) -> TrialContext:
-    from search.model.yolov4_tiny import build_yolov4_tiny
+    from search.models import get_family
 
     tmp = tmp_path_factory.mktemp("trial")
     space = load_space(ROOT / "spaces" / "smoke.yaml", (f"storage.cache_dir={tmp / 'cache'}", "fine_tune.steps=10"))
     dataset = load_data(space)
     # Untrained base weights: the pipeline, not the accuracy, is under test here.
     weights = tmp / "base.h5"
-    build_yolov4_tiny(num_classes=dataset.num_classes, resolution=64).save_weights(str(weights))
-    return TrialContext(space=space, dataset=dataset, base_weights=str(weights), artifacts_dir=str(tmp / "trials"))
+    get_family(space.model.name).build(num_classes=dataset.num_classes, resolution=64).save_weights(str(weights))
+    return TrialContext(space=space, dataset=dataset, base_weights=str(weights), stages_dir=str(tmp / "stages"))
+
+
+def _run(params: TrialParams, context: TrialContext, tmp_path: Path, name: str) -> TrialResult:
+    out = tmp_path / name
+    out.mkdir()
+    return run_trial(params, context, out_dir=out)
 
 
 def _check_tflite_runs(path: str, resolution: int) -> None:
@@ -42,32 +49,37 @@ def _check_tflite_runs(path: str, resolution: int) -> None:
 
 
 @pytest.mark.parametrize("mode", list(QUANT_MODES))
-def test_one_trial_per_quantization_mode(context, mode):
+def test_one_trial_per_quantization_mode(context, mode, tmp_path):
     calibrates = QUANT_MODES[mode].needs_calibration
     params = TrialParams(resolution=64, pruning_schedule="none", quantization=mode, calibration_size=4 if calibrates else None)
-    metrics = run_trial(params, context, trial_id=f"mode-{mode}")
+    result = _run(params, context, tmp_path, f"mode-{mode}")
+    metrics = result.metrics
     assert 0.0 <= metrics["map50"] <= 1.0 and 0.0 <= metrics["map"] <= metrics["map50"] + 1e-9
-    assert metrics["size_bytes"] == Path(metrics["model_path"]).stat().st_size
+    assert metrics["size_bytes"] == result.model_file.stat().st_size
     assert 0 < metrics["size_gzip_bytes"] < metrics["size_bytes"]
     assert 0 < metrics["latency_ms"] <= metrics["latency_p90_ms"]
-    assert metrics["audit"].startswith("pass"), metrics["audit"]
-    for stage in ("build", "fine_tune", "convert", "evaluate", "latency"):
-        assert metrics[f"time_{stage}_s"] > 0
-    _check_tflite_runs(metrics["model_path"], 64)
+    assert result.audit.startswith("pass"), result.audit
+    # The steps, then one timing per measurement: those the smoke objectives need (map50, size,
+    # latency) and the counts every trial records (macs, params).
+    steps = {"build", "fine_tune", "convert", "accuracy", "size", "latency"} | ({"qat"} if QUANT_MODES[mode].needs_qat else set())
+    assert set(result.seconds) == steps | {"macs", "params"}
+    assert all(result.seconds[step] > 0 for step in steps)
+    assert metrics["params"] > 0 and metrics["macs"] > 0
+    _check_tflite_runs(str(result.model_file), 64)
 
 
-def test_pruned_trial_reaches_its_sparsity_and_gzips_smaller(context):
-    dense = run_trial(TrialParams(resolution=96, pruning_schedule="none", quantization="float32"), context, trial_id="dense")
-    pruned = run_trial(
+def test_pruned_trial_reaches_its_sparsity_and_gzips_smaller(context, tmp_path):
+    dense = _run(TrialParams(resolution=96, pruning_schedule="none", quantization="float32"), context, tmp_path, "dense")
+    pruned = _run(
         TrialParams(resolution=96, pruning_schedule="polynomial_decay", target_sparsity=0.6, pruning_structure="unstructured",
                     quantization="float32"),
-        context, trial_id="pruned",
+        context, tmp_path, "pruned",
     )
-    assert dense["sparsity"] < 0.01
-    assert abs(pruned["sparsity"] - 0.6) < 0.02
+    assert dense.sparsity < 0.01
+    assert abs(pruned.sparsity - 0.6) < 0.02
     # Unstructured zeros do not shrink the flatbuffer, but they do compress.
-    assert abs(pruned["size_bytes"] - dense["size_bytes"]) / dense["size_bytes"] < 0.01
-    assert pruned["size_gzip_bytes"] < 0.7 * dense["size_gzip_bytes"]
+    assert abs(pruned.metrics["size_bytes"] - dense.metrics["size_bytes"]) / dense.metrics["size_bytes"] < 0.01
+    assert pruned.metrics["size_gzip_bytes"] < 0.7 * dense.metrics["size_gzip_bytes"]
 
 
 def test_calibration_images_are_exact_seeded_and_from_train(context):
@@ -93,13 +105,12 @@ def test_the_export_reports_per_layer_error_for_int8_only(context, tmp_path):
     import json
 
     from search.export import export_trial
-    from search.record import row_for
 
     def exported(params: TrialParams, name: str) -> Path:
-        metrics = run_trial(params, context, trial_id=f"export-{name}")
-        row = row_for(f"export-{name}", params.__dict__, metrics, None)
+        result = _run(params, context, tmp_path, f"trial-{name}")
+        record = result.record(f"export-{name}", model_path=str(result.model_file))
         (tmp_path / name).mkdir()
-        return export_trial(row, context, tmp_path / name, base={}, echo=lambda line: None)
+        return export_trial(record, context, tmp_path / name, base={}, echo=lambda line: None)
 
     int8 = exported(TrialParams(resolution=64, pruning_schedule="none", quantization="int8", calibration_size=4), "int8")
     with (int8 / "quant_errors.csv").open() as f:

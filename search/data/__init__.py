@@ -8,7 +8,6 @@ from search.data.coco_format import load_coco_dataset, load_coco_folder
 from search.data.dataset import Dataset, Example, Split
 from search.data.generated import SHAPE_NAMES, generate_shapes_dataset
 from search.data.preprocess import (
-    DEFAULT_PREPROCESSING,
     PREPROCESSING,
     PreprocessingMode,
     SplitArrays,
@@ -22,7 +21,6 @@ from search.data.preprocess import (
 from search.data.yolo_format import load_yolo_dataset
 
 __all__ = [
-    "DEFAULT_PREPROCESSING",
     "PREPROCESSING",
     "SHAPE_NAMES",
     "Dataset",

@@ -3,7 +3,7 @@
 It is made to be hard in the ways compression hurts: objects from ~5% to ~40% of the side (the
 small ones vanish at 64 px), classes told apart only by outline (colours are random), clutter
 lines and arcs, smooth colour fields, pixel noise and partial occlusion. Still it is learnable:
-YOLOv4-tiny from scratch, 800 steps of batch 8 at 160 px (``search.train``), reached val
+the stock detector from scratch, 800 steps of batch 8 at 160 px (``search.train``), reached val
 mAP@0.5 0.59 (0.62 at 192 px, 0.09 at 64 px) with the default parameters.
 
 Every image draws from its own ``numpy`` generator seeded by ``(seed, split, index)``, so the
@@ -40,7 +40,7 @@ MAX_COVERED = 0.3  # a later shape may hide at most this fraction of an earlier 
 SUPERSAMPLE = 2  # shapes are drawn at 2x and reduced: smooth outlines, not staircase edges
 MIN_CONTRAST = 120  # L1 distance (0..765) of a shape's colour from the background under it
 # Shapes stand roughly upright (squares level, triangles pointing up or down) and tilt a little:
-# free rotation multiplies the looks a few hundred training images must cover, and a YOLOv4-tiny
+# free rotation multiplies the looks a few hundred training images must cover, and the stock detector
 # trained from scratch for 800 steps then overfits instead of learning outlines.
 MAX_TILT = math.radians(15)
 CORNERS = {"square": 4, "triangle": 3}

@@ -17,8 +17,7 @@ import numpy as np
 from PIL import Image
 
 from search.data.dataset import Split
-from search.errors import SpaceError
-from search.spec import did_you_mean
+from search.spec import choose
 
 # Letterbox padding: 0.5 grey, the value a [0, 1] network sees as "nothing here".
 PAD_VALUE = 128
@@ -67,18 +66,11 @@ PREPROCESSING: dict[str, PreprocessingMode] = {
         ),
     )
 }
-DEFAULT_PREPROCESSING = "stretch"
 
 
 def preprocessing_mode(name: str) -> PreprocessingMode:
-    """The row of ``PREPROCESSING`` called ``name``, or a ``SpaceError`` listing the valid ones."""
-    try:
-        return PREPROCESSING[name]
-    except KeyError:
-        raise SpaceError(
-            f"preprocessing must be one of the modes below, but got {name!r}; "
-            f"{did_you_mean(name, PREPROCESSING)}"
-        ) from None
+    """The row of ``PREPROCESSING`` called ``name``; any other name is a ``SpaceError`` naming the valid ones."""
+    return choose(PREPROCESSING, name, what="preprocessing")
 
 
 def load_image(path: Path) -> np.ndarray:

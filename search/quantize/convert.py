@@ -1,0 +1,135 @@
+"""Convert a Keras model to TFLite in one of the modes of ``QUANT_MODES``, and prove the result is one.
+
+``convert`` checks the arguments against the mode's row, configures the converter with the row's
+``request``, runs the row's ``strategy`` and ends with ``audit``: a file that is not what its mode
+says is a ``ConversionError``, never a result.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from search.errors import ConversionError
+from search.quantize.audit import Audit, audit
+from search.quantize.converter import check_calibration_images, first_error_line, make_converter
+from search.quantize.modes import QuantMode, get_mode
+from search.quiet import quiet_stderr
+
+__all__ = ["ConvertedModel", "convert"]
+
+
+@dataclass(frozen=True)
+class ConvertedModel:
+    """A TFLite flatbuffer that passed its audit, with what it cost to make."""
+
+    content: bytes = field(repr=False)
+    mode: str
+    int8_io: bool
+    audit: Audit
+    float_layers: tuple[str, ...]  # int8_selective: output tensors of the ops kept in float, worst first
+    calibration_size: int  # images run through the model to fix activation ranges (0: none)
+    calibration_seconds: float  # part of convert_seconds spent running the calibration images
+    convert_seconds: float  # wall time of the whole conversion, calibration included
+
+
+def convert(
+    model,
+    *,
+    mode: str,
+    calibration_images: np.ndarray | None = None,
+    int8_io: bool = False,
+    float_layers: int = 0,
+) -> ConvertedModel:
+    """Convert the Keras ``model`` to TFLite in ``mode`` and audit the result.
+
+    ``calibration_images``: float32 ``(n, r, r, 3)`` in ``[0, 1]``, each fed to the calibrator
+    exactly once per pass, for the modes that need calibration (and only those). ``int8_io``: int8
+    input and output tensors instead of float32 (mode ``int8`` only), for targets that take raw
+    bytes. ``float_layers``: for ``int8_selective``, how many of the ops most sensitive to int8
+    stay in float (0: plain int8 through the same path). ``qat_int8`` takes a model from
+    ``search.qat.quantize_aware_fine_tune``. Raises ``ConversionError`` when the converter fails
+    or the audit finds the model is not what ``mode`` says.
+    """
+    spec = get_mode(mode)
+    resolution = _check_arguments(model, spec=spec, int8_io=int8_io, float_layers=float_layers)
+    images = check_calibration_images(calibration_images, spec=spec, resolution=resolution)
+
+    start = time.perf_counter()
+    converter = make_converter(model, request=spec.request, int8_io=int8_io, resolution=resolution)
+    feed = _CalibrationFeed(images)
+    if images is not None:
+        converter.representative_dataset = feed
+    try:
+        with quiet_stderr():  # MLIR notes on every conversion; errors arrive as exceptions
+            content, kept_float = spec.strategy(converter, images=images, float_layers=float_layers)
+    except Exception as error:  # the converter raises several unrelated types
+        raise ConversionError(f"{mode} conversion failed: {first_error_line(error)}") from error
+    convert_seconds = time.perf_counter() - start
+    if images is not None and feed.passes == 0:
+        raise ConversionError(f"{mode} conversion stopped before reading all {len(images)} calibration images.")
+
+    return ConvertedModel(
+        content=content,
+        mode=mode,
+        int8_io=int8_io,
+        audit=_passed_audit(content, mode=mode, int8_io=int8_io, float_layers=kept_float),
+        float_layers=kept_float,
+        calibration_size=0 if images is None else len(images),
+        calibration_seconds=feed.seconds,
+        convert_seconds=convert_seconds,
+    )
+
+
+def _check_arguments(model, *, spec: QuantMode, int8_io: bool, float_layers: int) -> int:
+    """Refuse arguments ``spec`` does not take; the model's (square, fixed) input resolution."""
+    mode = spec.name
+    if int8_io and mode != "int8":
+        raise ValueError(f"int8_io applies to mode 'int8' only, but got mode '{mode}'.")
+    if float_layers and not spec.selective:
+        raise ValueError(f"float_layers applies to selective modes only, but got mode '{mode}'.")
+    if spec.needs_qat and not _is_quantize_aware(model):
+        raise ValueError(
+            f"mode '{mode}' converts a quantization-aware-trained model (search.qat.quantize_aware_fine_tune), "
+            f"but model {model.name!r} has no fake quantization."
+        )
+    _, height, width, _ = model.input_shape
+    if height is None or height != width:
+        raise ValueError(f"model input must be square with a fixed size to convert, but got {model.input_shape}.")
+    return height
+
+
+def _is_quantize_aware(model) -> bool:
+    """Whether ``model`` carries TFMOT fake quantization (``search.qat``), by its layer classes."""
+    return any(type(layer).__name__ in ("QuantizeWrapper", "QuantizeWrapperV2", "QuantizeLayer") for layer in model.layers)
+
+
+class _CalibrationFeed:
+    """The representative dataset: each image once per pass, batch 1, timing every full pass.
+
+    The converter runs the float model between our yields, so a pass's wall time is its
+    calibration time. (int16x8 makes two passes.)
+    """
+
+    def __init__(self, images: np.ndarray | None):
+        self.images = images
+        self.passes = 0
+        self.seconds = 0.0
+
+    def __call__(self):
+        pass_start = time.perf_counter()
+        for image in self.images:
+            yield [image[None]]
+        self.passes += 1
+        self.seconds += time.perf_counter() - pass_start
+
+
+def _passed_audit(content: bytes, *, mode: str, int8_io: bool, float_layers: tuple[str, ...]) -> Audit:
+    """The audit of ``content``; a failed one is a ConversionError naming its first (causal) problem."""
+    result = audit(content, mode=mode, int8_io=int8_io, float_layers=float_layers)
+    if not result.passed:
+        more = f" (+{len(result.problems) - 1} more)" if len(result.problems) > 1 else ""
+        raise ConversionError(f"{mode} audit failed: {result.problems[0]}{more}")
+    return result

@@ -1,0 +1,21 @@
+"""Step 2b: quantization-aware fine-tuning, for the modes that convert a QAT model (``needs_qat``)."""
+
+from __future__ import annotations
+
+from search.params import TrialParams
+
+
+def quantize_aware(model, params: TrialParams, context, *, family, preserve_sparsity: bool):
+    """``model`` fine-tuned again with fake quantization (keeping its zeros when it was pruned);
+    returns the QAT model and the sparsity it then has."""
+    from search.data.preprocess import split_arrays
+    from search.qat import qat_sparsity, quantize_aware_fine_tune  # imports TFMOT's QAT (seconds)
+
+    space, data = context.space, context.dataset
+    train = split_arrays(data.train, resolution=params.resolution, mode=space.data.preprocessing)
+    qat_model = quantize_aware_fine_tune(
+        model, split_layers=family.channel_split_layers(model), preserve_sparsity=preserve_sparsity,
+        steps=space.fine_tune.steps, batch_size=space.fine_tune.batch_size, seed=space.budget.seed,
+        heads=family.heads(data.num_classes), images=train.images, boxes=train.boxes, classes=train.classes,
+    )
+    return qat_model, qat_sparsity(qat_model, dense_layers=family.dense_layers(model))
