@@ -29,6 +29,10 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+# The report's browser test opens report.html in Debian's chromium: installed here when missing and
+# we are root; anywhere else (no apt, not root) the set-up goes on and that test skips with the reason.
+	command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		apt-get install -y -qq chromium >/dev/null; } || echo "chromium not installed: tests/test_report.py's browser tests will skip"
 	touch $(STAMP)
 
 clean:

@@ -1,5 +1,6 @@
 """The export: the trial the space's rule picked, as ``export/model.tflite`` and a card that says
-how it was made and measured (``export/model.json``), and, when the model is calibrated int8,
+how it was made and measured (``export/model.json``), the fine-tuned float network as Darknet
+``export/model.cfg`` + ``export/model.weights`` (for Darknet and OpenCV), and, when calibrated int8,
 ``export/quant_errors.csv``: which layers lose the most to quantization, worst first.
 
 The error report is made here, for the exported trial only (it takes 5-20 s, which every int8
@@ -20,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from search import storage
+from search.baseline import COMPARISONS
 from search.errors import RunDirError
-from search.models import get_family
+from search.models import family_of
 from search.objectives import measurements_for
 from search.pareto import EXPORT_RULES
 from search.provenance import package_versions
@@ -30,6 +32,7 @@ from search.space import Space
 from search.trial import TrialContext
 
 ERRORS = "quant_errors.csv"
+DARKNET_CFG, DARKNET_WEIGHTS = "model.cfg", "model.weights"  # the float network, for Darknet and OpenCV
 
 
 def write_error_report(record: TrialRecord, context: TrialContext, path: Path) -> str | None:
@@ -55,9 +58,31 @@ def write_error_report(record: TrialRecord, context: TrialContext, path: Path) -
     space = context.space
     set_threads(space.budget.cpus_per_trial)
     params = TrialParams.from_config(record.params)
-    model = load_stage_model(stage, family=get_family(space.model.name), resolution=params.resolution)
+    model = load_stage_model(stage, family=family_of(space.model), resolution=params.resolution)
     images = trial_calibration_images(params, context)
     write_layer_report(layer_error_report(model, calibration_images=images, mode=mode), path)
+    return None
+
+
+def write_darknet_files(record: TrialRecord, context: TrialContext, folder: Path) -> str | None:
+    """The trial's fine-tuned float network (pruned, before conversion) as Darknet cfg + weights in
+    ``folder``; None if written, else why not (a QAT mode's weights, or its stage is gone)."""
+    from search.quantize import QUANT_MODES
+    from search.stage_cache import cached
+
+    mode = record.params.get("quantization")
+    if mode in QUANT_MODES and QUANT_MODES[mode].needs_qat:
+        return f"mode {mode} fine-tunes again with fake quantization, which Darknet's float layers cannot hold"
+    stage = cached(context.stages_dir, record.stage_key) if record.stage_key else None
+    if stage is None:
+        return "its fine-tuned weights are no longer in the stage cache"
+    from search.stages.fine_tune import load_stage_model
+
+    family = family_of(context.space.model)
+    model = load_stage_model(stage, family=family, resolution=int(record.params["resolution"]))
+    cfg, weights = family.darknet_files(model)
+    (folder / DARKNET_CFG).write_text(cfg)
+    (folder / DARKNET_WEIGHTS).write_bytes(weights)
     return None
 
 
@@ -67,16 +92,19 @@ def how_measured(record: TrialRecord, space: Space) -> dict[str, str]:
 
 
 def model_card(record: TrialRecord, space: Space, *, names: list[str], base: dict[str, Any], data_source: str,
-               error_report: str | None) -> dict[str, Any]:
-    family = get_family(space.model.name)
+               error_report: str | None, why: str = "") -> dict[str, Any]:
+    family = family_of(space.model)
     resolution = int(record.params["resolution"])
     e = space.export
     return {
         "model": f"{family.display_name}, TFLite",
         "trial_id": record.trial_id,
-        "chosen_by": {"rule": e.rule, "meaning": EXPORT_RULES[e.rule].description, "accuracy": e.accuracy,
+        "chosen_by": {"rule": e.rule, "meaning": EXPORT_RULES[e.rule].description, "why": why, "accuracy": e.accuracy,
+                      "max_drop": e.max_drop, "prefer": space.export_prefers,
                       "objectives": {o.name: o.direction for o in space.objectives},
+                      "constraints": {c.key: c.limit for c in space.constraints}, "feasible": record.feasible,
                       "max_size_bytes": e.max_size_bytes, "max_latency_ms": e.max_latency_ms},
+        "against_baseline": {name: record.metrics[name] for name in COMPARISONS if name in record.metrics},
         "parameters": record.params,
         "metrics": {name: record.metrics[name] for name in space.measured_names if name in record.metrics},
         "achieved_sparsity": record.sparsity,
@@ -110,7 +138,8 @@ def _error_report_or_why(record: TrialRecord, context: TrialContext, path: Path,
     return why
 
 
-def export_trial(record: TrialRecord, context: TrialContext, run_dir: Path, *, base: dict[str, Any], echo=print) -> Path:
+def export_trial(record: TrialRecord, context: TrialContext, run_dir: Path, *, base: dict[str, Any], why: str = "",
+                 echo=print) -> Path:
     """Copy the trial's model, write its error report and card into ``run_dir/export``; returns that folder."""
     final = run_dir / "export"
     if final.exists():
@@ -122,9 +151,12 @@ def export_trial(record: TrialRecord, context: TrialContext, run_dir: Path, *, b
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     (tmp / "model.tflite").write_bytes(model)
-    why = _error_report_or_why(record, context, tmp / ERRORS, echo)
+    no_report = _error_report_or_why(record, context, tmp / ERRORS, echo)
+    no_darknet = write_darknet_files(record, context, tmp)
     data = context.dataset
-    card = model_card(record, context.space, names=list(data.names), base=base, data_source=data.source, error_report=why)
+    card = model_card(record, context.space, names=list(data.names), base=base, data_source=data.source,
+                      error_report=no_report, why=why)
+    card["darknet"] = f"none: {no_darknet}" if no_darknet else f"{DARKNET_CFG} + {DARKNET_WEIGHTS}: the fine-tuned float network"
     (tmp / "model.json").write_text(json.dumps(card, indent=2, default=str))
     os.rename(tmp, final)
     return final

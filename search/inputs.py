@@ -25,7 +25,7 @@ from search.data.dataset import Dataset, Split
 from search.data.formats import DATA_FORMATS
 from search.errors import DataError, SpaceError
 from search.files import file_sha256, temp_path_beside, write_text_atomic
-from search.models import get_family
+from search.models import family_of
 from search.space import Space
 from search.spec import choose
 
@@ -36,19 +36,19 @@ BASE_MODEL_VERSION = 2  # 2: the model family is part of the key
 def check_model_files(space: Space) -> int | None:
     """The class count of the space's Darknet cfg after checking cfg and weights; ``None`` without weights.
 
-    Raises ``SpaceError`` when only one of ``model.weights`` / ``model.cfg`` is set, and
-    ``WeightsError`` (one line) for a missing file, a cfg that is not the model family's, a
-    header that is not Darknet's, or a weights file of another size than the cfg's class count
-    needs. No model is built: this is meant to run before anything else does.
+    A cfg without weights is checked too (it is the network the base model is trained as, at the
+    data's class count: its ``classes`` and head ``filters`` are rewritten, so they need not agree).
+    Raises ``SpaceError`` for weights without a cfg, and ``WeightsError`` (one line) for a missing
+    file, a cfg section or key the builder does not build, a header that is not Darknet's, or a
+    weights file of another size than the cfg needs. No model is built: this runs before anything else.
     """
     weights, cfg = space.model.weights, space.model.cfg
     if not weights and not cfg:
         return None
     if not cfg:
         raise SpaceError(f"{space.path}: model.cfg: is required with model.weights (the Darknet .cfg of {weights}), but got nothing")
-    if not weights:
-        raise SpaceError(f"{space.path}: model.weights: is required with model.cfg (the Darknet .weights for {cfg}), but got nothing")
-    return get_family(space.model.name).check_files(Path(cfg), Path(weights))
+    family = family_of(space.model)  # reads and checks the cfg
+    return family.check_files(Path(cfg), Path(weights)) if weights else None
 
 
 def load_data(space: Space) -> Dataset:
@@ -123,7 +123,8 @@ def base_model(space: Space, dataset: Dataset, *, progress: bool = True) -> Base
         origin = {"darknet_weights": file_sha256(space.model.weights), "cfg": file_sha256(space.model.cfg),
                   "resolution": resolution}
     else:
-        origin = {"training": asdict(space.base_training), "seed": space.budget.seed}
+        origin = {"training": asdict(space.base_training), "seed": space.budget.seed,
+                  **({"cfg": file_sha256(space.model.cfg)} if space.model.cfg else {})}
     key_material = {
         "version": BASE_MODEL_VERSION, "model": space.model.name, "classes": list(dataset.names),
         "data": dataset_fingerprint(dataset), "preprocessing": space.data.preprocessing, **origin,
@@ -157,7 +158,7 @@ def _train_from_scratch(space: Space, dataset: Dataset, resolution: int, *, prog
     from search.train import train
 
     spec = space.base_training
-    family = get_family(space.model.name)
+    family = family_of(space.model)
     arrays = split_arrays(dataset.train, resolution=resolution, mode=space.data.preprocessing)
     from search.compat import keras
 
@@ -172,7 +173,7 @@ def _train_from_scratch(space: Space, dataset: Dataset, resolution: int, *, prog
 
 
 def _import_darknet(space: Space, dataset: Dataset, resolution: int):
-    family = get_family(space.model.name)
+    family = family_of(space.model)
     model, num_classes = family.load_pretrained(space.model.cfg, space.model.weights, resolution=resolution)
     if num_classes != dataset.num_classes:
         raise DataError(
@@ -190,7 +191,7 @@ def _keras_accuracy(model, space: Space, dataset: Dataset, resolution: int) -> d
 
     m = space.measure
     return measure_accuracy(
-        predict, dataset.val, heads=get_family(space.model.name).heads(dataset.num_classes), resolution=resolution,
+        predict, dataset.val, heads=family_of(space.model).heads(dataset.num_classes), resolution=resolution,
         preprocessing=space.data.preprocessing, score_threshold=m.score_threshold,
         iou_threshold=m.iou_threshold, max_detections=m.max_detections,
     )

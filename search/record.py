@@ -20,12 +20,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from search.baseline import COMPARISONS
 from search.files import write_text_atomic
 from search.objectives import OBJECTIVES, recorded_columns, unrecordable
 from search.errors import SpaceError
 from search.params import TrialParams
 
 COMPLETED, FAILED = "completed", "failed"
+BASELINE = "baseline"  # the status of the baseline's record (search.baseline): measured, not searched
 RECORDS = "trials.json"
 TABLE = "trials.csv"
 PARAMS = TrialParams.names()
@@ -53,10 +55,13 @@ class TrialRecord:
     node: str = ""  # Ray's node id (nodes on one machine share a host name)
     host: str = ""
     model_path: str = ""  # the trial's .tflite: a path or an object-store URI
+    feasible: bool | None = None  # meets the space's constraints (None: the space has none)
+    finished_at: float | None = None  # epoch seconds when the driver recorded it
 
     @property
     def completed(self) -> bool:
-        return self.status == COMPLETED
+        """Measured: a finished trial, or the baseline."""
+        return self.status in (COMPLETED, BASELINE)
 
     def value(self, name: str) -> float:
         return float(self.metrics[name])
@@ -103,8 +108,9 @@ def check_recordable(objective_names: Sequence[str], *, source: str) -> None:
 
 # --- the table view ------------------------------------------------------------------------------
 
-MEASURED = recorded_columns()
-MADE = ("sparsity", "audit", "float_layers", "calibration_s", "stage_cache", "stage_wait_s", "stage_key", "lock_wait_s")
+MEASURED = (*recorded_columns(), *COMPARISONS)
+MADE = ("sparsity", "audit", "float_layers", "calibration_s", "stage_cache", "stage_wait_s", "stage_key", "lock_wait_s",
+        "feasible")
 
 
 def time_columns() -> tuple[str, ...]:
@@ -115,7 +121,7 @@ def time_columns() -> tuple[str, ...]:
 
 
 COLUMNS = ("trial_id", "status", "error", *(f"param.{p}" for p in PARAMS), *MEASURED, *MADE, *time_columns(),
-           "node", "host", "model_path")
+           "node", "host", "model_path", "finished_at")
 
 
 def csv_row(record: TrialRecord) -> dict[str, Any]:
@@ -127,7 +133,8 @@ def csv_row(record: TrialRecord) -> dict[str, Any]:
     row.update({c: data[c] for c in MADE})
     row["float_layers"] = ";".join(record.float_layers)
     row.update({f"time_{step}_s": s for step, s in record.seconds.items()})
-    row.update(time_total_s=record.total_seconds(), node=record.node, host=record.host, model_path=record.model_path)
+    row.update(time_total_s=record.total_seconds(), node=record.node, host=record.host, model_path=record.model_path,
+               finished_at=record.finished_at)
     return {k: ("" if v is None else v) for k, v in row.items()}
 
 
@@ -139,19 +146,30 @@ def records_to_csv(records: Sequence[TrialRecord]) -> str:
     return buffer.getvalue()
 
 
-def write_records(run_dir: Path, records: Sequence[TrialRecord]) -> None:
-    """``trials.json`` (the record) and ``trials.csv`` (its view), each replaced atomically."""
-    write_text_atomic(Path(run_dir) / RECORDS, json.dumps({"trials": [r.to_dict() for r in records]}, indent=1, default=str))
-    write_text_atomic(Path(run_dir) / TABLE, records_to_csv(records))
+def write_records(run_dir: Path, records: Sequence[TrialRecord], *, baseline: TrialRecord | None = None) -> None:
+    """``trials.json`` (the record) and ``trials.csv`` (its view, the baseline as its first row),
+    each replaced atomically."""
+    data = {"baseline": baseline.to_dict() if baseline else None, "trials": [r.to_dict() for r in records]}
+    write_text_atomic(Path(run_dir) / RECORDS, json.dumps(data, indent=1, default=str))
+    write_text_atomic(Path(run_dir) / TABLE, records_to_csv([*([baseline] if baseline else []), *records]))
 
 
 def read_records(run_dir: Path) -> list[TrialRecord]:
-    """The records of a run (none when it has not finished a trial yet)."""
+    """The trials of a run (none when it has not finished a trial yet); the baseline is apart."""
     try:
         data = json.loads((Path(run_dir) / RECORDS).read_text())
     except FileNotFoundError:
         return []
     return [TrialRecord.from_dict(d) for d in data["trials"]]
+
+
+def read_baseline(run_dir: Path) -> TrialRecord | None:
+    """The run's baseline record, when it was measured."""
+    try:
+        data = json.loads((Path(run_dir) / RECORDS).read_text()).get("baseline")
+    except FileNotFoundError:
+        return None
+    return TrialRecord.from_dict(data) if data else None
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:

@@ -18,17 +18,18 @@ import socket
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from search.errors import ClusterError, RunDirError, SpaceError
 from search.files import unwritable_folder, write_text_atomic
-from search.node_lock import shared
+from search.node_lock import node_guard, shared
 from search.pareto import Front, compute_front
 from search.provenance import machine, package_versions
-from search.record import check_recordable, read_records
+from search.baseline import BASELINE_ID
+from search.record import BASELINE, TrialRecord, check_recordable, read_baseline, read_records, write_records
 from search.space import Space
 from search.trial import TrialContext
 
@@ -193,7 +194,7 @@ def _base_model(space: Space, dataset, info: dict[str, Any], *, run_dir: Path, e
 
 
 def _run_trials(space: Space, context: TrialContext, *, artifacts: str, run_dir: Path, address: str | None,
-                info: dict[str, Any], echo) -> float:
+                info: dict[str, Any], baseline: TrialRecord, echo) -> float:
     """Start Ray, run (or continue) the trials to the budget, stop Ray; returns the search's seconds."""
     from search.tuner import TrialRecorder, can_resume_tuner, resume_tuner, run_tuner, start_ray, stop_ray
 
@@ -207,7 +208,7 @@ def _run_trials(space: Space, context: TrialContext, *, artifacts: str, run_dir:
             if can_resume_tuner(run_dir):
                 resume_tuner(context, artifacts_dir=artifacts, run_dir=run_dir)
             else:  # a new run, or one killed before Tune saved anything
-                recorder = TrialRecorder(run_dir, budget=space.budget.trials, echo=echo)
+                recorder = TrialRecorder(run_dir, budget=space.budget.trials, baseline=baseline, echo=echo)
                 run_tuner(space, context, artifacts_dir=artifacts, run_dir=run_dir, recorder=recorder)
     finally:
         stop_ray()
@@ -216,7 +217,7 @@ def _run_trials(space: Space, context: TrialContext, *, artifacts: str, run_dir:
 
 def _search(space: Space, dataset, info: dict[str, Any], *, run_dir: Path, address: str | None, echo,
             started: float) -> SearchResult:
-    """Base model, then the search (new or resumed) to its budget, then report and export."""
+    """Base model and baseline, then the search (new or resumed) to its budget, then report and export."""
     from search import storage
     from search.files import file_sha256
 
@@ -226,7 +227,11 @@ def _search(space: Space, dataset, info: dict[str, Any], *, run_dir: Path, addre
     storage.makedirs(stages)
     context = TrialContext(space=space, dataset=dataset, base_weights=_shared_base_weights(space, base["weights"]),
                            stages_dir=stages, base_weights_sha256=file_sha256(base["weights"]))
-    search_seconds = _run_trials(space, context, artifacts=artifacts, run_dir=run_dir, address=address, info=info, echo=echo)
+    baseline = _measure_baseline(space, context, run_dir=run_dir, info=info, echo=echo)
+    context = replace(context, baseline=baseline.metrics)
+    info.setdefault("search_started_at", round(time.time(), 3))
+    search_seconds = _run_trials(space, context, artifacts=artifacts, run_dir=run_dir, address=address, info=info,
+                                 baseline=baseline, echo=echo)
     records = read_records(run_dir)  # the record on disk: this session's trials and earlier ones
     failed = sum(not r.completed for r in records)
     info.update(completed_trials=len(records) - failed, failed_trials=failed, search_seconds=round(search_seconds, 1))
@@ -236,27 +241,84 @@ def _search(space: Space, dataset, info: dict[str, Any], *, run_dir: Path, addre
         write_run_json(run_dir, info)
         raise SearchInterrupted(f"{run_dir}: interrupted after {len(records)} of {budget.trials} trials; "
                                 f"continue it with `python -m search resume {run_dir}`")
-    front, exported = _report_and_export(space, context, records, run_dir=run_dir, base=base, echo=echo)
+    front, exported = _report_and_export(space, context, records, baseline, run_dir=run_dir, base=base, info=info,
+                                         echo=echo)
     info.update(status="finished", finished=_now(), total_seconds=round(time.perf_counter() - started, 1),
-                pareto_trials=[r.trial_id for r in front.records],
+                pareto_trials=[r.trial_id for r in front.records], export_note=front.note,
                 exported_trial=front.exported_record.trial_id if exported else None)
     write_run_json(run_dir, info)
     _print_summary(front, space, failed=failed, run_dir=run_dir, exported=exported, echo=echo, started=started)
     return SearchResult(run_dir, len(records) - failed, failed, front, exported)
 
 
-def _report_and_export(space: Space, context: TrialContext, records, *, run_dir: Path, base: dict[str, Any], echo):
+def _measure_baseline(space: Space, context: TrialContext, *, run_dir: Path, info: dict[str, Any], echo) -> TrialRecord:
+    """The uncompressed model, measured once per run like a trial (``search.baseline``); a resumed
+    run keeps the one it measured."""
+    earlier = read_baseline(run_dir)
+    if earlier is not None:
+        return earlier
+    from search.trial import MODEL_FILE, run_baseline
+
+    out = run_dir / BASELINE_ID
+    out.mkdir(exist_ok=True)
+    resolution = space.base_training.resolution
+    echo(f"baseline: the uncompressed base model, float32 at {resolution}px, measured like a trial ...")
+    result = run_baseline(context, resolution=resolution, out_dir=out, guard=node_guard)
+    record = replace(result.record(BASELINE_ID, host=os.uname().nodename, model_path=str(out / MODEL_FILE)),
+                     status=BASELINE, finished_at=round(time.time(), 3))
+    write_records(run_dir, read_records(run_dir), baseline=record)
+    info["baseline"] = {name: record.metrics.get(name) for name in space.measured_names}
+    write_run_json(run_dir, info)
+    echo(f"baseline: {record.describe()}")
+    return record
+
+
+def _hypervolume(space: Space, records, baseline: TrialRecord, info: dict[str, Any]) -> list[dict]:
+    """The front's hypervolume after each trial (``search.hypervolume``), or none with why."""
+    from search.hypervolume import REFERENCE_RATIO, history
+
+    names, directions = space.metric_names, [o.direction for o in space.objectives]
+    try:
+        rows = history(records, names=names, directions=directions, baseline=baseline.metrics,
+                       started_at=info.get("search_started_at") or time.time())
+    except (ValueError, KeyError) as error:
+        info["hypervolume"] = {"value": None, "why_none": f"{type(error).__name__}: {error}"}
+        return []
+    info["hypervolume"] = {
+        "value": rows[-1]["hypervolume"] if rows else 0.0, "objectives": names,
+        "normalised": "accuracy: 1 - value/baseline (reference 1); size, latency, counts: value/baseline "
+                      f"(reference {REFERENCE_RATIO:g}); Optuna's compute_hypervolume",
+    }
+    return rows
+
+
+def _report_and_export(space: Space, context: TrialContext, records, baseline: TrialRecord, *, run_dir: Path,
+                       base: dict[str, Any], info: dict[str, Any], echo):
     from search.export import export_trial
     from search.report import write_report
+    from search.study import load_study
 
-    e = space.export
     with shared():  # the driver's own heavy moments stay out of trials' latency measurements on this node
-        front = compute_front(records, objectives=space.objectives, rule=e.rule, accuracy=e.accuracy, limits=e.limits)
-        write_report(front, space, run_dir)
+        front = compute_front(records, objectives=space.objectives, export=space.export, baseline=baseline,
+                              prefer=space.export_prefers)
+        history = _hypervolume(space, records, baseline, info)
+        write_text_atomic(run_dir / "hypervolume.csv", _csv(history, ("trials", "seconds", "hypervolume", "trial_id")))
+        write_report(front, space, run_dir, history=history, study=load_study(run_dir))
         exported = None
         if front.exported_record is not None:
-            exported = export_trial(front.exported_record, context, run_dir, base=base, echo=echo)
+            exported = export_trial(front.exported_record, context, run_dir, base=base, why=front.note, echo=echo)
     return front, exported
+
+
+def _csv(rows: list[dict], columns: tuple[str, ...]) -> str:
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
 
 
 def _print_summary(front: Front, space: Space, *, failed: int, run_dir: Path, exported: Path | None, echo, started: float):
@@ -266,7 +328,7 @@ def _print_summary(front: Front, space: Space, *, failed: int, run_dir: Path, ex
     echo(f"Pareto front ({len(front.members)} of {len(front.completed)} completed trials; {failed} failed):")
     echo(summary_table(front, space) if front.members else "  (no completed trial)")
     if exported:
-        echo(f"exported (*, rule {space.export.rule}): {exported / 'model.tflite'} with {exported / 'model.json'}")
+        echo(f"exported (*, rule {space.export.rule}: {front.note}): {exported / 'model.tflite'} with {exported / 'model.json'}")
     echo(f"report: {run_dir / 'report.html'}  trials: {run_dir / 'trials.csv'}  [{time.perf_counter() - started:.0f}s]")
 
 
@@ -289,7 +351,8 @@ def _check_every_node_sees(context: TrialContext, artifacts: str, *, run_dir: Pa
 
     dataset = context.dataset
     images = [str(split.examples[i].image_path) for split in (dataset.train, dataset.val) for i in (0, -1)]
-    problems = unreadable_on_nodes([context.base_weights, artifacts, context.stages_dir, *images])
+    cfg = [context.space.model.cfg] if context.space.model.cfg else []  # every trial builds its network from it
+    problems = unreadable_on_nodes([context.base_weights, artifacts, context.stages_dir, *images, *cfg])
     if problems:
         node, path = problems[0]
         message = (f"node {node} cannot read {path}: trials run on every node, so the data, the base weights "

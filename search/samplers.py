@@ -23,6 +23,10 @@ class Sampler:
 
     description: str
     make: Callable[[BudgetSpec], Any]  # budget -> optuna.samplers.BaseSampler, seeded
+    # Whether it steers away from trials that break the space's constraints. Optuna 5 samplers
+    # read each trial's constraints (Trial.set_constraint, which search.tuner calls before
+    # telling a result), so no constraints_func is passed (Optuna 5 deprecates it).
+    learns_constraints: bool
 
 
 def _optuna():
@@ -53,12 +57,12 @@ def _nsga2(budget: BudgetSpec):
     return _optuna().samplers.NSGAIISampler(seed=budget.seed, population_size=max(4, min(50, trials // 4)))
 
 
-def _random(budget: BudgetSpec):
+def _random(budget: BudgetSpec):  # draws ignore feasibility by design
     return _optuna().samplers.RandomSampler(seed=budget.seed)
 
 
 SAMPLERS: dict[str, Sampler] = {
-    "tpe": Sampler("Optuna's TPE, multivariate over the conditional parameters (the default)", _tpe),
-    "nsga2": Sampler("NSGA-II, a genetic multi-objective search; needs a budget of several generations", _nsga2),
-    "random": Sampler("independent uniform draws: a baseline, and reproducible per seed", _random),
+    "tpe": Sampler("Optuna's TPE, multivariate over the conditional parameters (the default)", _tpe, True),
+    "nsga2": Sampler("NSGA-II, a genetic multi-objective search; needs a budget of several generations", _nsga2, True),
+    "random": Sampler("independent uniform draws: a baseline, and reproducible per seed", _random, False),
 }

@@ -18,19 +18,21 @@ from typing import Any
 
 import yaml
 
+from search.baseline import COMPARISONS, Constraint
 from search.data.formats import DATA_FORMATS
 from search.data.preprocess import PREPROCESSING
 from search.errors import SpaceError
 from search.models import DEFAULT_FAMILY, FAMILIES
-from search.objectives import always_measured, DIRECTIONS, OBJECTIVES
+from search.objectives import DIRECTIONS, OBJECTIVES, always_measured
 from search.pareto import EXPORT_RULES
 from search.pruning import SCHEDULES, STRUCTURES
 from search.quantize import QUANT_MODES
 from search.samplers import SAMPLERS
-from search.spec import Section, unknown_name
+from search.spec import Section, closest, unknown_name
 from search.storage import URI_SCHEMES, is_uri, uri_bucket, uri_scheme
 
 MAX_RESOLUTION = 1024
+PREFER_KINDS = ("latency", "size")  # objective kinds export.prefer may name (accuracy_budget)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,8 +240,12 @@ class MeasureSpec:
 
 @dataclass(frozen=True)
 class ExportSpec:
-    rule: str = "knee"  # a key of search.pareto.EXPORT_RULES: balances every objective, needs no limits
+    # A key of search.pareto.EXPORT_RULES. accuracy_budget ships what a user would: the fastest
+    # model that loses at most max_drop points against the uncompressed baseline.
+    rule: str = "accuracy_budget"
     accuracy: str | None = None  # the accuracy objective the rule ranks by; None: the first one
+    max_drop: float = 1.0  # accuracy_budget: points of `accuracy` a model may lose against the baseline
+    prefer: str = "latency"  # accuracy_budget: within the budget, the best on this kind ("latency" or "size"; the other breaks ties)
     max_size_bytes: int | None = None  # within_limits only
     max_latency_ms: float | None = None  # within_limits only
 
@@ -270,6 +276,7 @@ class Space:
     # mounts, or an object-store URI (search.storage). None: the run directory and cache_dir,
     # which is right for one machine.
     storage_path: str | None = None
+    constraints: tuple[Constraint, ...] = ()  # what every trial must meet (search.baseline)
 
     @property
     def shared_dir(self) -> str:
@@ -285,10 +292,20 @@ class Space:
         return [o.name for o in self.objectives]
 
     @property
+    def export_prefers(self) -> list[str]:
+        """accuracy_budget's tie-break order: the space's first objective of ``export.prefer``'s kind,
+        then of the other kind (latency_ms / size_bytes when the space names none of that kind)."""
+        kinds = [self.export.prefer, *(k for k in PREFER_KINDS if k != self.export.prefer)]
+        fallback = {"latency": "latency_ms", "size": "size_bytes"}
+        return [next((n for n in self.metric_names if OBJECTIVES[n].kind == kind), fallback[kind]) for kind in kinds]
+
+    @property
     def measured_names(self) -> list[str]:
         """What every trial measures: the objectives, the metrics the export's limits read, and
         the counts that cost nothing (``search.objectives.always_measured``)."""
-        names = [*self.metric_names, *self.export.limits, *always_measured()]
+        needed = [COMPARISONS[c.metric].metric if c.metric in COMPARISONS else c.metric for c in self.constraints]
+        prefers = self.export_prefers if self.export.rule == "accuracy_budget" else []
+        names = [*self.metric_names, *self.export.limits, *needed, *prefers, *always_measured()]
         return list(dict.fromkeys(names))
 
     @property
@@ -346,9 +363,10 @@ def parse_space(raw: Any, *, source: str, sha256: str = "", overrides: tuple[str
     measure = _parse_measure(top.section("measure"))
     export = _parse_export(top.section("export"), objectives)
     cache_dir, storage_path = _parse_storage(top.section("storage"))
+    constraints = _parse_constraints(top.section("constraints"))
     top.finish()
     return Space(source, sha256, name, model, data, base, fine_tune, search, objectives, budget, measure, export,
-                 cache_dir, overrides, storage_path)
+                 cache_dir, overrides, storage_path, constraints)
 
 
 def _parse_model(m: Section) -> ModelSpec:
@@ -491,6 +509,8 @@ def _parse_export(e: Section, objectives: tuple[ObjectiveSpec, ...]) -> ExportSp
     export = ExportSpec(
         rule=e.choice("rule", EXPORT_RULES, ExportSpec.rule),
         accuracy=e.choice("accuracy", accuracy_names, accuracy_names[0]),
+        max_drop=e.number("max_drop", ExportSpec.max_drop, low=0.0),
+        prefer=e.choice("prefer", PREFER_KINDS, ExportSpec.prefer),
         max_size_bytes=e.integer("max_size_bytes", low=1, optional=True),
         max_latency_ms=e.number("max_latency_ms", low=0.0, optional=True),
     )
@@ -498,6 +518,23 @@ def _parse_export(e: Section, objectives: tuple[ObjectiveSpec, ...]) -> ExportSp
     if export.rule == "within_limits" and export.max_size_bytes is None and export.max_latency_ms is None:
         e.fail("rule", "within_limits needs max_size_bytes and/or max_latency_ms, but got neither")
     return export
+
+
+def _parse_constraints(c: Section) -> tuple[Constraint, ...]:
+    """``constraints: {max_size_bytes: 6e6, min_map50: 0.5, max_map50_drop: 1.0, ...}``: ``max_`` or
+    ``min_`` and an objective's or a comparison's name (``search.baseline.COMPARISONS``)."""
+    metrics = [*OBJECTIVES, *COMPARISONS]
+    keys = [f"{bound}_{metric}" for metric in metrics for bound in ("max", "min")]
+    constraints = []
+    for key in list(c.data):
+        if key not in keys:
+            guess = closest(key, keys)
+            c.fail(key, f"must be max_<metric> or min_<metric> with a metric among {', '.join(metrics)}, but got "
+                        f"{key!r}" + (f"; did you mean {guess!r}?" if guess else ""))
+        bound, metric = key.split("_", 1)
+        constraints.append(Constraint(metric, bound, float(c.number(key))))
+    c.finish()
+    return tuple(constraints)
 
 
 def _parse_storage(st: Section) -> tuple[str, str | None]:

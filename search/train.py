@@ -18,6 +18,8 @@ nothing on a model without pruning wrappers, so a QAT model trains through the s
 from __future__ import annotations
 
 import math
+import sys
+import time
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -135,9 +137,21 @@ def decode_head(raw, *, heads: YoloHeads, index: int, resolution: int):
     cell = tf.cast(tf.stack([cols, rows], axis=-1), tf.float32)[None, :, :, None, :]  # (1, g, g, 1, 2)
     anchors = tf.constant(heads.head_anchors(index), tf.float32) / resolution  # (A, 2)
     scale = heads.scale_x_y
+    if heads.new_coords:  # the head went through a logistic already; sizes are (2 t)^2 anchors
+        xy = (cell + raw[..., 0:2] * scale - (scale - 1.0) / 2.0) / grid_float
+        wh = tf.square(2.0 * raw[..., 2:4]) * anchors
+        return tf.concat([xy, wh], axis=-1)
     xy = (cell + tf.sigmoid(raw[..., 0:2]) * scale - (scale - 1.0) / 2.0) / grid_float
     wh = tf.exp(tf.minimum(raw[..., 2:4], _MAX_LOG_SIZE)) * anchors
     return tf.concat([xy, wh], axis=-1)
+
+
+def _bce(labels, raw, *, heads: YoloHeads):
+    """Binary cross-entropy of raw head values: logits, or probabilities for ``new_coords`` heads."""
+    if heads.new_coords:
+        p = tf.clip_by_value(raw, _EPSILON, 1.0 - 1e-7)  # float32 cannot tell 1 - 1e-9 from 1
+        return -(labels * tf.math.log(p) + (1.0 - labels) * tf.math.log(1.0 - p))
+    return tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=raw)
 
 
 def _corners(xywh):
@@ -188,10 +202,10 @@ def _head_loss(output, target, true_boxes, *, heads: YoloHeads, index: int, reso
 
     best_iou = tf.stop_gradient(_best_truth_iou(pred_xywh, true_boxes))
     negative = (1.0 - positive) * tf.cast(best_iou <= heads.ignore_thresh, tf.float32)
-    objectness_bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=positive, logits=raw[..., 4])
+    objectness_bce = _bce(positive, raw[..., 4], heads=heads)
     objectness = tf.reduce_sum((positive + negative) * objectness_bce)
 
-    class_bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=target[..., 5:], logits=raw[..., 5:])
+    class_bce = _bce(target[..., 5:], raw[..., 5:], heads=heads)
     classes = tf.reduce_sum(positive[..., None] * class_bce)
     return BOX_WEIGHT * box + OBJECTNESS_WEIGHT * objectness + CLASS_WEIGHT * classes
 
@@ -302,6 +316,37 @@ def _pruning_callback(model: keras.Model):
     return callback
 
 
+LOG_EVERY_S = 5.0  # in a log, a line this often: enough to see training is alive, few enough to read
+
+
+class _LogLines:
+    """Progress for a log or CI (stderr is not a terminal): a plain line every ``LOG_EVERY_S``
+    seconds and one at the end, where tqdm would redraw its bar with a carriage return per step."""
+
+    def __init__(self, steps: int, desc: str):
+        self.steps, self.desc, self.postfix = steps, desc, ""
+
+    def __iter__(self) -> Iterator[int]:
+        start = last = time.monotonic()
+        for step in range(self.steps):
+            yield step  # resumed once the step's body has run: report the step just done
+            now = time.monotonic()
+            if now - last >= LOG_EVERY_S or step + 1 == self.steps:
+                last = now
+                print(f"{self.desc}: step {step + 1}/{self.steps}{self.postfix} [{now - start:.0f}s]",
+                      file=sys.stderr, flush=True)
+
+    def set_postfix(self, **values) -> None:
+        self.postfix = "".join(f", {name} {value}" for name, value in values.items())
+
+
+def _progress_bar(steps: int, desc: str | None):
+    """tqdm's bar on a terminal, plain lines in a log; nothing when ``desc`` is None."""
+    if desc is not None and not sys.stderr.isatty():
+        return _LogLines(steps, desc)
+    return tqdm(range(steps), desc=desc, disable=desc is None, leave=False)
+
+
 def train(
     model: keras.Model,
     *,
@@ -321,7 +366,8 @@ def train(
     ``heads`` are the model's outputs (its family's ``heads(num_classes)``); ``boxes[i]`` /
     ``classes[i]`` are image ``i``'s normalized ``xyxy`` boxes and class ids. Batches and
     augmentation come from ``numpy.random.default_rng(seed)``, so the same seed and the same
-    starting weights give the same losses. ``progress`` names a tqdm bar; ``None`` is silent.
+    starting weights give the same losses. ``progress`` names the progress output (a tqdm bar on a
+    terminal, a plain line every ``LOG_EVERY_S`` seconds in a log); ``None`` is silent.
     """
     _check_training_set(images, boxes, classes, steps=steps, batch_size=batch_size)
     resolution = _input_resolution(model, images)
@@ -333,7 +379,7 @@ def train(
     pruning_callback = _pruning_callback(model)
 
     losses = []
-    bar = tqdm(range(steps), desc=progress, disable=progress is None, leave=False)
+    bar = _progress_bar(steps, progress)
     for step in bar:
         # draw the batch and scale it to [0, 1]
         index = next(batches)

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from search.data.dataset import Dataset
-from search.models import get_family
+from search.models import family_of
 from search.objectives import Artifact, MeasureContext
 from search.params import TrialParams
 from search.quantize import QUANT_MODES
@@ -28,7 +28,7 @@ from search.stages.fine_tune import fine_tune
 from search.stages.measure import measure
 from search.stages.quantize_aware import quantize_aware
 
-__all__ = ["TrialContext", "TrialParams", "TrialResult", "run_trial", "unguarded"]
+__all__ = ["TrialContext", "TrialParams", "TrialResult", "run_baseline", "run_trial", "unguarded"]
 
 MODEL_FILE = "model.tflite"
 
@@ -42,10 +42,11 @@ class TrialContext:
     base_weights: str  # Keras weights of the base model (resolution-independent): a path or an object-store URI
     stages_dir: str  # the shared prune + fine-tune cache: a folder or a URI (search.stage_cache)
     base_weights_sha256: str | None = None  # hashed once by the driver; None: each trial hashes the file
+    baseline: dict[str, Any] | None = None  # the baseline's metrics (search.baseline), once measured
 
     def measure_context(self) -> MeasureContext:
         return MeasureContext(dataset=self.dataset, measure=self.space.measure, preprocessing=self.space.data.preprocessing,
-                              heads=get_family(self.space.model.name).heads(self.dataset.num_classes),
+                              heads=family_of(self.space.model).heads(self.dataset.num_classes),
                               num_threads=self.space.budget.cpus_per_trial)
 
 
@@ -59,7 +60,7 @@ class TrialResult:
     audit: str
     float_layers: tuple[str, ...]
     calibration_s: float
-    stage_cache: str  # "hit" or "miss"
+    stage_cache: str  # "hit" or "miss" ("" for the baseline: no fine-tune)
     stage_wait_s: float
     stage_key: str
     lock_wait_s: float  # waited for the node before timing; not a stage
@@ -103,8 +104,7 @@ def run_trial(params: TrialParams, context: TrialContext, *, out_dir: Path, guar
     from search.compat import set_threads
 
     space, data = context.space, context.dataset
-    family = get_family(space.model.name)
-    mode = QUANT_MODES[params.quantization]
+    family = family_of(space.model)
     set_threads(space.budget.cpus_per_trial)
     timer = StageTimer()
 
@@ -116,9 +116,31 @@ def run_trial(params: TrialParams, context: TrialContext, *, out_dir: Path, guar
         tuned = fine_tune(model, params, context, family=family)
     model, sparsity = tuned.model, tuned.sparsity
     # 2b. Quantization-aware modes fine-tune again with fake quantization (keeping the zeros).
-    if mode.needs_qat:
+    if QUANT_MODES[params.quantization].needs_qat:
         with guard(), timer("qat"):
             model, sparsity = quantize_aware(model, params, context, family=family, preserve_sparsity=tuned.prunes)
+    # 3, 4. Convert, and measure the converted model.
+    made = _convert_and_measure(model, params, context, out_dir=out_dir, guard=guard, timer=timer)
+    return replace(made, sparsity=sparsity, stage_cache=tuned.cache, stage_wait_s=tuned.wait_s, stage_key=tuned.key)
+
+
+def run_baseline(context: TrialContext, *, resolution: int, out_dir: Path, guard=unguarded) -> TrialResult:
+    """The uncompressed base model at ``resolution``, converted to float32 and measured exactly as
+    a trial is (``search.baseline``): what every trial's drop and ratios are against."""
+    from search.compat import set_threads
+    from search.storage import local_copy
+
+    family = family_of(context.space.model)
+    set_threads(context.space.budget.cpus_per_trial)
+    params = TrialParams(resolution=resolution, pruning_schedule="none", quantization="float32")
+    timer = StageTimer()
+    with guard(), timer("build"):
+        model = build(family, num_classes=context.dataset.num_classes, resolution=resolution)
+        model.load_weights(str(local_copy(context.base_weights)))
+    return _convert_and_measure(model, params, context, out_dir=out_dir, guard=guard, timer=timer)
+
+
+def _convert_and_measure(model, params: TrialParams, context: TrialContext, *, out_dir: Path, guard, timer) -> TrialResult:
     # 3. Convert to TFLite in the trial's mode (audited).
     with guard(), timer("convert"):
         converted = convert(model, params, context)
@@ -126,10 +148,8 @@ def run_trial(params: TrialParams, context: TrialContext, *, out_dir: Path, guar
         model_file.write_bytes(converted.content)
     # 4. Measure the converted model by every measurement the space needs.
     artifact = Artifact(content=converted.content, model=model, resolution=params.resolution, mode=params.quantization)
-    metrics, lock_wait = measure(artifact, context.measure_context(), space.measured_names, guard=guard, timer=timer)
-
+    metrics, lock_wait = measure(artifact, context.measure_context(), context.space.measured_names, guard=guard, timer=timer)
     return TrialResult(
-        params, metrics, sparsity, converted.audit.summary(), tuple(converted.float_layers),
-        round(converted.calibration_seconds or 0.0, 3), tuned.cache, tuned.wait_s, tuned.key, lock_wait,
-        timer.seconds, model_file,
+        params, metrics, 0.0, converted.audit.summary(), tuple(converted.float_layers),
+        round(converted.calibration_seconds or 0.0, 3), "", 0.0, "", lock_wait, timer.seconds, model_file,
     )

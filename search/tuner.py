@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +30,14 @@ from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
 from search import storage
+from search.baseline import judge, violations
 from search.node_lock import node_guard, shared
 from search.params import TrialParams
 from search.record import FAILED, TrialRecord, read_records, write_records
 from search.samplers import SAMPLERS
 from search.space import Space
 from search.spec import choose
+from search.study import journal_storage
 
 # What every Ray worker needs in its environment before it imports TensorFlow.
 WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONWARNINGS": "ignore"}
@@ -47,6 +50,11 @@ CHECKPOINT_PERIOD_S = "1"
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", CHECKPOINT_PERIOD_S)
 RESULT = "result.json"  # a trial's own record, next to its .tflite
 TUNE_DIR = "tune"  # Tune's experiment state (and the saved sampler), inside the run directory
+
+
+# The result's [[constraint key, violation], ...] (<= 0 feasible; search.baseline): pairs, not a
+# dict, because Tune flattens nested dicts in the results it hands a searcher.
+CONSTRAINTS = "constraints"
 
 
 def make_sampler(space: Space):
@@ -69,6 +77,10 @@ class OptunaSearchWithFailures(OptunaSearch):
         with shared():
             if result and result.get("error"):
                 return super().on_trial_complete(trial_id, None, error=True)
+            if result and result.get(CONSTRAINTS) and trial_id in self._ot_trials:
+                # Before `tell`: samplers that learn feasibility (TPE, NSGA-II) read it from the trial.
+                for key, violation in result[CONSTRAINTS]:
+                    self._ot_trials[trial_id].set_constraint(key, violation)
             return super().on_trial_complete(trial_id, result, error)
 
 
@@ -90,8 +102,9 @@ def _run_on_node(config: dict[str, Any], context, *, trial_id: str, location: st
     if storage.is_uri(location):  # on an object store the files go up; the node keeps nothing of them
         storage.upload(local / MODEL_FILE, storage.join(location, MODEL_FILE))
         shutil.rmtree(local, ignore_errors=True)
-    return result.record(trial_id, node=_node_id(), host=os.uname().nodename,
-                         model_path=storage.join(location, MODEL_FILE))
+    record = result.record(trial_id, node=_node_id(), host=os.uname().nodename,
+                           model_path=storage.join(location, MODEL_FILE))
+    return judge(record, baseline=context.baseline, constraints=context.space.constraints)
 
 
 def _node_id() -> str:
@@ -117,7 +130,9 @@ def trainable(config: dict[str, Any], context, artifacts_dir: str) -> None:
                              node=_node_id(), host=os.uname().nodename)
     # Tune's strict metric check wants every objective in a result; None tells the searcher nothing.
     values = {name: record.metrics.get(name) for name in context.space.metric_names}
-    result = {**values, "error": record.error, "record": record.to_dict()}
+    result = {**values, "error": record.error, "record": record.to_dict(),
+              CONSTRAINTS: [list(pair) for pair in violations(record.metrics, context.space.constraints).items()]
+              if record.completed else None}
     storage.write_bytes(storage.join(location, RESULT), json.dumps(result, default=str).encode())
     tune.report(result)
 
@@ -126,9 +141,10 @@ class TrialRecorder(tune.Callback):
     """Collects finished trials' records and keeps ``trials.json`` / ``trials.csv`` current
     (``search.record``), printing one progress line per trial."""
 
-    def __init__(self, run_dir: Path, *, budget: int | None, echo=print):
+    def __init__(self, run_dir: Path, *, budget: int | None, baseline: TrialRecord | None = None, echo=print):
         self.run_dir = Path(run_dir)
         self.budget = budget
+        self.baseline = baseline
         self.echo = echo
         self.records: list[TrialRecord] = []
         self._started: dict[str, float] = {}
@@ -157,8 +173,9 @@ class TrialRecorder(tune.Callback):
         return TrialRecord(trial.trial_id, FAILED, error, params=TrialParams.from_config(trial.config).as_dict())
 
     def _finish(self, trial, record: TrialRecord) -> None:
+        record = replace(record, finished_at=round(time.time(), 3))
         self.records = [r for r in self.records if r.trial_id != record.trial_id] + [record]
-        write_records(self.run_dir, self.records)
+        write_records(self.run_dir, self.records, baseline=self.baseline)
         seconds = time.monotonic() - self._started.get(trial.trial_id, time.monotonic())
         count = f"{len(self.records)}/{self.budget}" if self.budget else str(len(self.records))
         self.echo(f"[{count:>7}] {trial.trial_id} in {seconds:4.0f}s | "
@@ -176,7 +193,8 @@ def run_tuner(space: Space, context, *, artifacts_dir: str, run_dir: Path, recor
 
     budget = space.budget
     searcher = OptunaSearchWithFailures(
-        space=space.suggest, metric=space.metric_names, mode=space.modes, sampler=make_sampler(space)
+        space=space.suggest, metric=space.metric_names, mode=space.modes, sampler=make_sampler(space),
+        study_name=space.name, storage=journal_storage(run_dir),  # Optuna's own tools open it (search.study)
     )
     searcher = ConcurrencyLimiter(searcher, max_concurrent=budget.max_concurrent)
     tuner = tune.Tuner(

@@ -8,6 +8,9 @@ The box formula is Darknet's ``[yolo]`` layer with ``scale_x_y``::
 
     x = (col + sigmoid(tx) * s - (s - 1) / 2) / grid_w      w = exp(tw) * anchor_w / resolution
 
+or, for ``new_coords`` heads (already through a logistic), ``x = (col + tx * s - (s - 1) / 2) /
+grid_w`` and ``w = (2 tw)^2 * anchor_w / resolution``, scores ``obj * cls`` as they are,
+
 with anchors in pixels of the network input, head ``k`` using anchors ``heads.masks[k]``, and
 class scores ``sigmoid(obj) * sigmoid(cls)`` as Darknet and OpenCV report them.
 """
@@ -117,12 +120,17 @@ def decode(outputs, *, heads: YoloHeads, resolution: int) -> tuple[np.ndarray, n
     for index, (head, grid) in enumerate(zip(raw_heads, heads.grids(resolution))):
         cols, rows, anchor_w, anchor_h = _head_priors(grid, heads.head_anchors(index))
         raw = head.reshape(-1, 5 + heads.num_classes)
-        x = (cols + _sigmoid(raw[:, 0]) * scale - shift) / grid
-        y = (rows + _sigmoid(raw[:, 1]) * scale - shift) / grid
-        half_w = np.exp(np.minimum(raw[:, 2], _MAX_LOG_SIZE)) * anchor_w / (2.0 * resolution)
-        half_h = np.exp(np.minimum(raw[:, 3], _MAX_LOG_SIZE)) * anchor_h / (2.0 * resolution)
+        # new_coords: the heads are probabilities already, and sizes are (2 t)^2 anchors, not e^t.
+        probability = (lambda v: v) if heads.new_coords else _sigmoid
+        x = (cols + probability(raw[:, 0]) * scale - shift) / grid
+        y = (rows + probability(raw[:, 1]) * scale - shift) / grid
+        if heads.new_coords:
+            size_w, size_h = (2.0 * raw[:, 2]) ** 2, (2.0 * raw[:, 3]) ** 2
+        else:
+            size_w, size_h = np.exp(np.minimum(raw[:, 2], _MAX_LOG_SIZE)), np.exp(np.minimum(raw[:, 3], _MAX_LOG_SIZE))
+        half_w, half_h = size_w * anchor_w / (2.0 * resolution), size_h * anchor_h / (2.0 * resolution)
         boxes.append(np.stack([x - half_w, y - half_h, x + half_w, y + half_h], axis=1))
-        class_scores.append(_sigmoid(raw[:, 4:5]) * _sigmoid(raw[:, 5:]))
+        class_scores.append(probability(raw[:, 4:5]) * probability(raw[:, 5:]))
     boxes = np.clip(np.concatenate(boxes), 0.0, 1.0).astype(np.float32)
     return boxes, np.concatenate(class_scores).astype(np.float32)
 

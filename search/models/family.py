@@ -35,6 +35,9 @@ class YoloHeads:
     num_classes: int
     iou_thresh: float
     ignore_thresh: float
+    # [yolo] new_coords=1 (YOLOv7 style): the heads are probabilities already (a logistic conv), and
+    # x = (col + tx * s - (s - 1) / 2) / grid, w = (2 * tw)^2 * anchor_w / resolution
+    new_coords: bool = False
 
     def __post_init__(self):
         if self.num_classes < 1:
@@ -69,11 +72,13 @@ class YoloHeads:
         strides = " then ".join(str(s) for s in self.strides)
         return {
             "heads": f"{count} raw YOLO heads, stride {strides} (identify by grid size)",
-            "channels": f"{self.anchors_per_head} anchors x (tx, ty, tw, th, objectness, class logits)",
+            "channels": f"{self.anchors_per_head} anchors x (tx, ty, tw, th, objectness, class "
+                        f"{'probabilities' if self.new_coords else 'logits'})",
             "anchors_pixels": self.anchors,
             "masks": self.masks,
             "strides": self.strides,
             "scale_x_y": self.scale_x_y,
+            **({"new_coords": True} if self.new_coords else {}),
         }
 
 
@@ -107,3 +112,7 @@ class ModelFamily:
     check_files: Callable[[Any, Any], int]
     # (cfg_path, weights_path, *, resolution) -> (model, num_classes)
     load_pretrained: Callable[..., tuple[Any, int]]
+    # model -> (Darknet cfg text, Darknet .weights bytes): the model as Darknet and OpenCV read it
+    darknet_files: Callable[[Any], tuple[str, bytes]]
+    # cfg_path -> this family with its networks made from that Darknet cfg (a space's model.cfg)
+    with_cfg: Callable[[Any], "ModelFamily"]

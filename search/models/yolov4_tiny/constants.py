@@ -1,7 +1,7 @@
-"""YOLOv4-tiny's numbers from Darknet's ``yolov4-tiny.cfg`` that code outside the builder needs.
+"""YOLOv4-tiny's [yolo] numbers, as Darknet's ``yolov4-tiny.cfg`` gives them.
 
-TensorFlow-free: the family's row (``search.models.yolov4_tiny.family``) is read by the space
-validator. The cfg's layer table itself is in ``search.models.yolov4_tiny.darknet``.
+The stock cfg (``search.models.yolov4_tiny.darknet.yolov4_tiny_cfg_text``) is written from these
+and the layer table; everything else reads them back from that cfg, as it would from any other.
 """
 
 from __future__ import annotations
@@ -12,9 +12,8 @@ ANCHORS = ((10, 14), (23, 27), (37, 58), (81, 82), (135, 169), (344, 319))
 MASKS = ((3, 4, 5), (1, 2, 3))
 STRIDES = (32, 16)
 SCALE_X_Y = 1.05  # [yolo] scale_x_y: box centres may reach slightly past their cell
-IOU_THRESH = 0.213  # [yolo] iou_thresh: extra anchors a box is also assigned to
+# [yolo] iou_thresh: a box is also assigned to every masked anchor this close in shape. yolov4.cfg's
+# value; yolov4-tiny.cfg gives none (Darknet's default 1.0: the best anchor only), but the stock
+# network has always trained with it here, so the built-in cfg states it.
+IOU_THRESH = 0.213
 IGNORE_THRESH = 0.7  # [yolo] ignore_thresh: predictions this close to a truth are no negatives
-
-# Darknet layer indices (the builder names layers after them: conv_29, route_3, ...).
-HEAD_CONVS = (29, 36)  # the 1x1 convs before each [yolo]: their channels are the outputs
-SPLIT_ROUTES = (3, 11, 19)  # [route] groups=2 group_id=1: the CSP blocks' channel split

@@ -69,13 +69,23 @@ def test_family_card_is_the_export_cards_outputs_section():
     }
 
 
-def test_architecture_refuses_a_network_thinner_than_the_cfg():
+def test_architecture_describes_a_thinner_network_and_refuses_other_layers():
     from search.compat import keras
     from search.models import get_family
+    from search.models.darknet.builder import build_model
+    from search.models.darknet.network import read_network
+    from search.models.yolov4_tiny.darknet import stock_cfg
 
     family = get_family("yolov4_tiny")
     model = build_yolov4_tiny(num_classes=3, resolution=64)
     assert family.architecture(model)["num_classes"] == 3
-    thin = keras.Model(model.input, keras.layers.Conv2D(24, 1, name="conv_29")(model.get_layer("leaky_0").output))
-    with pytest.raises(ValueError, match="thinned"):
-        family.architecture(thin)
+    # Layer 26 (512 filters in the cfg) pruned to 384: the architecture is the cfg that says so.
+    thin = build_model(read_network(stock_cfg(num_classes=3).with_layer(26, filters=384)), resolution=64, name="thin")
+    architecture = family.architecture(thin)
+    assert "filters=384" in architecture["cfg"] and architecture["name"] == "thin"
+    rebuilt = family.from_architecture(architecture, resolution=64)
+    assert [w.shape for w in rebuilt.weights] == [w.shape for w in thin.weights]
+    assert rebuilt.count_params() < model.count_params()
+    other = keras.Model(model.input, keras.layers.Conv2D(24, 1, name="conv_29")(model.get_layer("leaky_0").output))
+    with pytest.raises(ValueError, match=r"must have a conv_<i> for each \[convolutional\]"):
+        family.architecture(other)
