@@ -44,6 +44,7 @@ GRID_DIR = ROOT / "benchmarks" / "grid"
 SPACE = GRID_DIR / "space.yaml"
 TABLE = GRID_DIR / "trials.csv"
 NOTES = GRID_DIR / "README.md"
+SPACE_LINE = "space file sha256: "  # the notes' line that ties the table to the space it was recorded from
 
 BUDGETS = (0.05, 0.10, 0.15, 0.25, 0.50)  # fractions of the grid's size
 SEEDS = tuple(range(10))
@@ -290,8 +291,8 @@ def _describe(row: dict[str, Any], space) -> str:
     return ", ".join(f"{n}={float(row[n]):.4g}" for n in space.metric_names)
 
 
-def write_notes(space, *, table: Path, notes: Path, session: dict[str, Any], command: str) -> None:
-    """``README.md`` beside the table: what it holds and how it was made."""
+def write_notes(space, *, table: Path, notes: Path, session: dict[str, Any] | None, command: str) -> None:
+    """``README.md`` beside the table: what it holds and how it was made (``session`` None: being recorded)."""
     from importlib.metadata import version
 
     from search.files import write_text_atomic
@@ -299,7 +300,6 @@ def write_notes(space, *, table: Path, notes: Path, session: dict[str, Any], com
     rows = [r for r in read_rows(table) if r["trial_id"] != BASELINE_ID]
     failed = [r for r in rows if r["status"] != "completed"]
     trial_s = sum(float(r["time_total_s"] or 0) for r in rows)
-    base = session["base"]
     lines = [
         "# The recorded grid of benchmarks/search_efficiency.py",
         "",
@@ -309,17 +309,35 @@ def write_notes(space, *, table: Path, notes: Path, session: dict[str, Any], com
         "row is the baseline (`search.trial.run_baseline`: the base model, float32, at the base resolution).",
         "The columns are those of a run's `trials.csv`; `model_path` is empty (the models were not kept).",
         "",
-        f"- recorded: {time.strftime('%Y-%m-%d %H:%M %Z')} on `{platform.node()}`, {_cpu_name()}, "
-        f"{_cpu_count()} cores shared with other work",
+        f"- {SPACE_LINE}`{space.sha256}`",
         f"- command: `{command}`",
-        f"- base model: {'cached' if base.cached else f'trained here in {base.seconds:.0f} s'} "
-        f"(key {base.key}), Keras map50 {base.map50:.3f} at {base.resolution} px",
-        f"- seconds: {session['wall_s']:.0f} s wall for the last session ({session['ran']} points run); "
-        f"the trials' own stages sum to {trial_s:.0f} s",
-        f"- versions: tensorflow {version('tensorflow')}, ai-edge-litert {version('ai-edge-litert')}, "
-        f"optuna {version('optuna')}, Python {platform.python_version()}",
     ]
+    if session is None:
+        lines.append(f"- being recorded since {time.strftime('%Y-%m-%d %H:%M %Z')}")
+    else:
+        base = session["base"]
+        lines += [
+            f"- recorded: finished {time.strftime('%Y-%m-%d %H:%M %Z')} on `{platform.node()}`, {_cpu_name()}, "
+            f"{_cpu_count()} cores shared with other work",
+            f"- base model: {'cached' if base.cached else f'trained here in {base.seconds:.0f} s on one thread'} "
+            f"(key {base.key}), Keras map50 {base.map50:.3f} at {base.resolution} px",
+            f"- seconds: {session['wall_s']:.0f} s wall for the last session ({session['ran']} points run); "
+            f"the trials' own stages sum to {trial_s:.0f} s",
+            f"- versions: tensorflow {version('tensorflow')}, ai-edge-litert {version('ai-edge-litert')}, "
+            f"optuna {version('optuna')}, Python {platform.python_version()}",
+        ]
     write_text_atomic(notes, "\n".join(lines) + "\n")
+
+
+def check_same_space(space, *, table: Path, notes: Path) -> None:
+    """A table is only continued from the space file it was started from (its sha256 in the notes)."""
+    if not read_rows(table):
+        return
+    text = notes.read_text() if notes.exists() else ""
+    found = next((line.split("`")[1] for line in text.splitlines() if SPACE_LINE in line), None)
+    if found != space.sha256:
+        raise SystemExit(f"{table} must be continued from the space file it was recorded from (sha256 {found}), "
+                         f"but {space.path} is {space.sha256}: delete the table to record it again")
 
 
 def _cpu_name() -> str:
@@ -471,10 +489,12 @@ def main(argv: list[str] | None = None) -> int:
 
     space = load_space(args.space, tuple(args.overrides))
     if args.mode == "record":
-        stages = args.stages or Path(space.shared_dir) / "stages"
-        session = record(space, table=args.table, stages_dir=stages)
+        notes = args.table.parent / NOTES.name
+        check_same_space(space, table=args.table, notes=notes)
         command = "python benchmarks/search_efficiency.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        write_notes(space, table=args.table, notes=args.table.parent / NOTES.name, session=session, command=command)
+        write_notes(space, table=args.table, notes=notes, session=None, command=command)
+        session = record(space, table=args.table, stages_dir=args.stages or Path(space.shared_dir) / "stages")
+        write_notes(space, table=args.table, notes=notes, session=session, command=command)
         return 0
     grid = load_grid(space, args.table)
     print(f"{args.table}: {len(grid.values)} points, {sum(v is None for v in grid.values.values())} failed; "

@@ -29,7 +29,7 @@ from search.node_lock import node_guard, shared
 from search.pareto import Front, compute_front
 from search.provenance import machine, package_versions
 from search.baseline import BASELINE_ID
-from search.record import BASELINE, TrialRecord, check_recordable, read_baseline, read_records, write_records
+from search.record import BASELINE, FAILED, TrialRecord, check_recordable, read_baseline, read_records, write_records
 from search.space import Space
 from search.trial import TrialContext
 
@@ -228,7 +228,7 @@ def _search(space: Space, dataset, info: dict[str, Any], *, run_dir: Path, addre
     context = TrialContext(space=space, dataset=dataset, base_weights=_shared_base_weights(space, base["weights"]),
                            stages_dir=stages, base_weights_sha256=file_sha256(base["weights"]))
     baseline = _measure_baseline(space, context, run_dir=run_dir, info=info, echo=echo)
-    context = replace(context, baseline=baseline.metrics)
+    context = replace(context, baseline=baseline.metrics or None)
     info.setdefault("search_started_at", round(time.time(), 3))
     search_seconds = _run_trials(space, context, artifacts=artifacts, run_dir=run_dir, address=address, info=info,
                                  baseline=baseline, echo=echo)
@@ -263,9 +263,12 @@ def _measure_baseline(space: Space, context: TrialContext, *, run_dir: Path, inf
     out.mkdir(exist_ok=True)
     resolution = space.base_training.resolution
     echo(f"baseline: the uncompressed base model, float32 at {resolution}px, measured like a trial ...")
-    result = run_baseline(context, resolution=resolution, out_dir=out, guard=node_guard)
-    record = replace(result.record(BASELINE_ID, host=os.uname().nodename, model_path=str(out / MODEL_FILE)),
-                     status=BASELINE, finished_at=round(time.time(), 3))
+    try:
+        result = run_baseline(context, resolution=resolution, out_dir=out, guard=node_guard)
+        record = replace(result.record(BASELINE_ID, host=os.uname().nodename, model_path=str(out / MODEL_FILE)),
+                         status=BASELINE, finished_at=round(time.time(), 3))
+    except Exception as error:  # the search still runs; its trials are then judged without a baseline
+        record = TrialRecord(BASELINE_ID, FAILED, f"{type(error).__name__}: {error}".splitlines()[0][:500])
     write_records(run_dir, read_records(run_dir), baseline=record)
     info["baseline"] = {name: record.metrics.get(name) for name in space.measured_names}
     write_run_json(run_dir, info)
@@ -299,7 +302,8 @@ def _report_and_export(space: Space, context: TrialContext, records, baseline: T
     from search.study import load_study
 
     with shared():  # the driver's own heavy moments stay out of trials' latency measurements on this node
-        front = compute_front(records, objectives=space.objectives, export=space.export, baseline=baseline,
+        measured = baseline if baseline.completed else None
+        front = compute_front(records, objectives=space.objectives, export=space.export, baseline=measured,
                               prefer=space.export_prefers)
         history = _hypervolume(space, records, baseline, info)
         write_text_atomic(run_dir / "hypervolume.csv", _csv(history, ("trials", "seconds", "hypervolume", "trial_id")))

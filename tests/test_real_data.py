@@ -72,12 +72,12 @@ def test_float_count_is_the_official_files(files):
 BAD_MODEL_FILES = {
     "missing_weights": ("cfg", "nope.weights", "WeightsError", r"Darknet weights file not found: .*nope\.weights"),
     "missing_cfg": ("nope.cfg", "good", "WeightsError", r"Darknet cfg file not found: .*nope\.cfg"),
-    "truncated": ("cfg", "truncated", "WeightsError", r"truncated Darknet weights: YOLOv4-tiny at 2 classes needs 5,882,634 float32 .* holds 5,882,534 "),
+    "truncated": ("cfg", "truncated", "WeightsError", r"truncated Darknet weights: two\.cfg at 2 classes needs 5,882,634 float32 .* holds 5,882,534 "),
     "other_class_count": ("cfg", "three_classes", "WeightsError", r"wrong size .* at 2 classes .*; that size fits 3 classes; is it"),
     "ragged": ("cfg", "ragged", "WeightsError", r"wrong size .* \(5,882,634 float32\); is it"),
     "header": ("cfg", "bad_header", "WeightsError", r"not a Darknet weights file: header version 7\.99\.3"),
     "keras_h5": ("cfg", "hdf5", "WeightsError", r"not a Darknet weights file: it is HDF5"),
-    "not_yolov4_tiny": ("not_tiny_cfg", "good", "WeightsError", r"not a YOLOv4-tiny cfg: layer 34 \[route\] needs layers=-1,23, but has -1,8"),
+    "not_yolov4_tiny": ("not_tiny_cfg", "good", "WeightsError", r"layers: must join maps of one size, but got -1,8 .*layer 34 \[route\]"),
     "weights_without_cfg": (None, "good", "SpaceError", r"model\.cfg: is required with model\.weights"),
 }
 
@@ -118,10 +118,11 @@ def test_cfg_classes_must_agree_with_the_data(files, tmp_path):
         load_data(space)
 
 
-def test_cfg_without_weights_is_a_space_error(files):
-    space = load_space(SMOKE, (f"model.cfg={files['cfg']}",))
-    with pytest.raises(SpaceError, match=r"model\.weights: is required with model\.cfg"):
-        check_model_files(space)
+def test_cfg_without_weights_is_checked_and_trains_at_the_datas_class_count(files):
+    # (a cfg alone is the network a base model is trained as: its classes follow the data)
+    assert check_model_files(load_space(SMOKE, (f"model.cfg={files['cfg']}",))) is None
+    with pytest.raises(WeightsError, match=r"layers: must join maps of one size, but got -1,8"):
+        check_model_files(load_space(SMOKE, (f"model.cfg={files['not_tiny_cfg']}",)))
     assert check_model_files(load_space(SMOKE)) is None
 
 

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from search.inputs import load_data
-from search.space import load_space
 from search.stage_cache import CARD, WEIGHTS, cached_stage
 from search.stages.fine_tune import pruning_spec, stage_key
 from search.trial import TrialContext, TrialParams, run_trial
+from tests.helpers import smoke_trial_context
 
 ARCHITECTURE = {"family": "test", "widths": [8]}  # what a real stage stores beside its weights
 
@@ -110,14 +109,7 @@ def test_a_failed_computation_releases_the_lock_and_caches_nothing(tmp_path):
 
 @pytest.fixture(scope="module")
 def context(tmp_path_factory) -> TrialContext:
-    from search.models import get_family
-
-    tmp = tmp_path_factory.mktemp("stage")
-    space = load_space(ROOT / "spaces" / "smoke.yaml", (f"storage.cache_dir={tmp / 'cache'}", "fine_tune.steps=10"))
-    dataset = load_data(space)
-    weights = tmp / "base.h5"
-    get_family(space.model.name).build(num_classes=dataset.num_classes, resolution=64).save_weights(str(weights))
-    return TrialContext(space=space, dataset=dataset, base_weights=str(weights), stages_dir=str(tmp / "stages"))
+    return smoke_trial_context(tmp_path_factory.mktemp("stage"))
 
 
 def test_trials_differing_only_in_quantization_share_one_fine_tune(context, tmp_path):

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from search.compat import keras
-from search.models.yolov4_tiny.builder import build_yolov4_tiny, head_channels
+from search.models.yolov4_tiny.builder import head_channels
 from search.quantize import convert
 from search.tflite_model import TFLiteDetector
+from tests.helpers import random_images, tiny_model
 
 RESOLUTION = 64
 NUM_CLASSES = 2
@@ -20,13 +21,12 @@ HEAD_SHAPES = [
 
 @pytest.fixture(scope="module")
 def model():
-    keras.utils.set_random_seed(1)
-    return build_yolov4_tiny(num_classes=NUM_CLASSES, resolution=RESOLUTION)
+    return tiny_model(num_classes=NUM_CLASSES, resolution=RESOLUTION, seed=1)
 
 
 @pytest.fixture(scope="module")
 def images():
-    return np.random.default_rng(1).random((9, RESOLUTION, RESOLUTION, 3), dtype=np.float32)
+    return random_images(9, resolution=RESOLUTION, seed=1)
 
 
 def _keras_heads(model, image):

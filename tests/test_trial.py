@@ -7,26 +7,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from search.inputs import load_data
 from search.quantize import QUANT_MODES
-from search.space import load_space
 from search.stages.convert import calibration_images, calibration_indices
 from search.trial import TrialContext, TrialParams, TrialResult, run_trial
+from tests.helpers import smoke_trial_context
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def context(tmp_path_factory) -> TrialContext:
-    from search.models import get_family
-
-    tmp = tmp_path_factory.mktemp("trial")
-    space = load_space(ROOT / "spaces" / "smoke.yaml", (f"storage.cache_dir={tmp / 'cache'}", "fine_tune.steps=10"))
-    dataset = load_data(space)
-    # Untrained base weights: the pipeline, not the accuracy, is under test here.
-    weights = tmp / "base.h5"
-    get_family(space.model.name).build(num_classes=dataset.num_classes, resolution=64).save_weights(str(weights))
-    return TrialContext(space=space, dataset=dataset, base_weights=str(weights), stages_dir=str(tmp / "stages"))
+    return smoke_trial_context(tmp_path_factory.mktemp("trial"))
 
 
 def _run(params: TrialParams, context: TrialContext, tmp_path: Path, name: str) -> TrialResult:

@@ -21,8 +21,9 @@ class YoloHeads:
 
     Head ``k`` is a ``(N, r/strides[k], r/strides[k], channels)`` tensor; each of its
     ``anchors_per_head`` anchors has ``tx, ty, tw, th, objectness, class_0 .. class_{C-1}``
-    before any activation. ``anchors`` are ``(w, h)`` in pixels of the network input (as Darknet
-    keeps them, whatever the input size); ``masks[k]`` are the indices of head ``k``'s anchors.
+    before any activation (after the cfg's logistic for ``new_coords`` heads). ``anchors`` are
+    ``(w, h)`` in pixels of the network input (as Darknet keeps them, whatever the input size);
+    ``masks[k]`` are the indices of head ``k``'s anchors.
     ``iou_thresh`` and ``ignore_thresh`` are the ``[yolo]`` training settings: a box is also
     assigned to every masked anchor whose shape IoU exceeds ``iou_thresh``, and a prediction that
     overlaps a truth by more than ``ignore_thresh`` is not penalised as a negative.

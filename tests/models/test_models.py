@@ -29,6 +29,7 @@ def test_every_row_is_a_family_under_its_own_name():
     for name, family in FAMILIES.items():
         assert isinstance(family, ModelFamily) and family.name == name
         assert family.display_name and family.description
+        assert callable(family.darknet_files) and callable(family.with_cfg)
 
 
 def test_outputs_are_the_heads_the_family_declares(built):

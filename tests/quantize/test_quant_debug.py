@@ -6,11 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from search.compat import keras
-from search.models.yolov4_tiny.builder import build_yolov4_tiny
 from search.quantize import audit, convert, layer_error_report, write_layer_report
 from search.quantize.debugger import RANK_KEY
 from search.tflite_model import TFLiteDetector
+from tests.helpers import random_images, tiny_model
 
 RESOLUTION = 64
 NUM_CLASSES = 3
@@ -19,13 +18,12 @@ FLOAT_LAYERS = 3
 
 @pytest.fixture(scope="module")
 def model():
-    keras.utils.set_random_seed(0)
-    return build_yolov4_tiny(num_classes=NUM_CLASSES, resolution=RESOLUTION)
+    return tiny_model(num_classes=NUM_CLASSES, resolution=RESOLUTION, seed=0)
 
 
 @pytest.fixture(scope="module")
 def images():
-    return np.random.default_rng(0).random((9, RESOLUTION, RESOLUTION, 3), dtype=np.float32)
+    return random_images(9, resolution=RESOLUTION, seed=0)
 
 
 @pytest.fixture(scope="module")

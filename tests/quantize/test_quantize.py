@@ -12,9 +12,9 @@ import pytest
 import search
 from search.compat import keras, tf
 from search.errors import ConversionError, SpaceError
-from search.models.yolov4_tiny.builder import build_yolov4_tiny
 from search.quantize import QUANT_MODES, ConverterRequest, audit, convert, get_mode
 from search.tflite_model import TFLiteDetector
+from tests.helpers import random_images, tiny_model
 
 RESOLUTION = 64
 NUM_CLASSES = 3
@@ -25,13 +25,12 @@ PLAIN_MODES = [name for name, spec in QUANT_MODES.items() if not spec.needs_qat 
 
 @pytest.fixture(scope="module")
 def model():
-    keras.utils.set_random_seed(0)
-    return build_yolov4_tiny(num_classes=NUM_CLASSES, resolution=RESOLUTION)
+    return tiny_model(num_classes=NUM_CLASSES, resolution=RESOLUTION, seed=0)
 
 
 @pytest.fixture(scope="module")
 def images():
-    return np.random.default_rng(0).random((17, RESOLUTION, RESOLUTION, 3), dtype=np.float32)
+    return random_images(17, resolution=RESOLUTION, seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,114 @@
+"""Every cfg of the YOLOv4-tiny family at 416 px, 80 classes: parameters, MACs, size and latency.
+
+    .venv/bin/python benchmarks/family_416.py [--threads 1] [--min-seconds 3] [--cfg-dir DIR] [--csv FILE]
+
+The cfgs are ``../shared/real/darknet/family/*.cfg`` (or ``--cfg-dir``), built by the search's own
+Darknet builder (``get_family("yolov4_tiny", cfg=...)``) with random weights: size and latency
+do not depend on the weights' values. Per cfg:
+
+- ``params``: the Keras model's parameters, which are exactly the floats of its Darknet ``.weights``;
+- ``macs``: ``search.objectives.macs.count_macs``, and ``2 * macs`` as BFLOPs beside Darknet's own
+  count, made here by an independent walk over the cfg text with Darknet's formulas
+  (``convolutional_layer.c``: ``2 * nweights * out_h * out_w``; ``maxpool_layer.c``:
+  ``size^2 * c * out_h * out_w``, comparisons Darknet adds to its printed total);
+- float32 and int8 TFLite size (int8 calibrated on 4 random images: the size does not depend on them);
+- latency of each (``measure_latency``, ``--min-seconds`` of timed invokes, holding the node lock
+  exclusively as a trial does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from a clone
+
+import numpy as np
+
+from search.models import get_family
+from search.models.yolov4_tiny.darknet import parse_cfg
+from search.node_lock import exclusive, shared
+from search.objectives.latency import measure_latency
+from search.objectives.macs import count_macs
+from search.quantize import convert
+
+RESOLUTION = 416
+NUM_CLASSES = 80
+CFG_DIR = Path(__file__).resolve().parents[2] / "shared" / "real" / "darknet" / "family"
+
+
+def darknet_bflops(path: Path) -> tuple[float, float]:
+    """(conv, max-pool) BFLOPs of the cfg at 416 by Darknet's formulas, from its text alone."""
+    net, *layers = parse_cfg(path)
+    h = w = RESOLUTION
+    c, shapes, conv, pool = 3, [], 0.0, 0.0
+    for i, s in enumerate(layers):
+        kind = s["type"]
+        if kind == "convolutional":
+            size, stride, n, groups = int(s["size"]), int(s.get("stride", 1)), int(s["filters"]), int(s.get("groups", 1))
+            pad = size // 2 if s.get("pad", "0") == "1" else int(s.get("padding", 0))
+            h = w = (h + 2 * pad - size) // stride + 1
+            conv += 2.0 * size * size * (c // groups) * n * h * w / 1e9
+            c = n
+        elif kind == "maxpool":
+            size, stride = int(s["size"]), int(s.get("stride", 1))
+            h = w = (h + size - 1 - size) // stride + 1  # Darknet's default padding: size - 1
+            pool += size * size * c * h * w / 1e9
+        elif kind == "route":
+            sources = [i + int(v) if int(v) < 0 else int(v) for v in s["layers"].split(",")]
+            h, w = shapes[sources[0]][:2]
+            c = sum(shapes[j][2] for j in sources) // int(s.get("groups", 1))
+        elif kind == "upsample":
+            h, w = h * int(s["stride"]), w * int(s["stride"])
+        shapes.append((h, w, c))  # [yolo] keeps its input's shape
+    return conv, pool
+
+
+def measure_cfg(path: Path, *, threads: int, min_seconds: float) -> dict:
+    from search.compat import keras
+
+    keras.utils.set_random_seed(0)
+    with shared():  # as a trial's stages: no one else's latency measurement runs meanwhile
+        model = get_family("yolov4_tiny", cfg=path).build(num_classes=NUM_CLASSES, resolution=RESOLUTION)
+        images = np.random.default_rng(0).random((4, RESOLUTION, RESOLUTION, 3), np.float32)
+        converted = {"float32": convert(model, mode="float32"), "int8": convert(model, mode="int8", calibration_images=images)}
+    conv_bflops, pool_bflops = darknet_bflops(path)
+    macs = count_macs(model)
+    row = {"cfg": path.name, "params": model.count_params(), "macs": macs, "bflops_2x_macs": round(2 * macs / 1e9, 3),
+           "darknet_conv_bflops": round(conv_bflops, 3), "darknet_total_bflops": round(conv_bflops + pool_bflops, 3)}
+    for mode, made in converted.items():
+        with exclusive():
+            latency = measure_latency(made.content, num_threads=threads, min_seconds=min_seconds,
+                                      max_seconds=max(10.0, 3 * min_seconds))
+        row[f"{mode}_bytes"] = len(made.content)
+        row[f"{mode}_ms"] = round(latency.median_ms, 1)
+    return row
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--min-seconds", type=float, default=3.0)
+    parser.add_argument("--cfg-dir", type=Path, default=CFG_DIR)
+    parser.add_argument("--csv", type=Path)
+    args = parser.parse_args(argv)
+    cfgs = sorted(args.cfg_dir.glob("*.cfg"))
+    if not cfgs:
+        raise SystemExit(f"no .cfg files in {args.cfg_dir} (../shared/real is absent? give --cfg-dir)")
+    rows = [measure_cfg(path, threads=args.threads, min_seconds=args.min_seconds) for path in cfgs]
+    columns = list(rows[0])
+    print("| " + " | ".join(columns) + " |\n|" + " --- |" * len(columns))
+    for row in rows:
+        print("| " + " | ".join(f"{row[c]:,}" if isinstance(row[c], int) else str(row[c]) for c in columns) + " |")
+    if args.csv:
+        with args.csv.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
