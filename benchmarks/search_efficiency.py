@@ -300,6 +300,7 @@ def write_notes(space, *, table: Path, notes: Path, session: dict[str, Any] | No
     rows = [r for r in read_rows(table) if r["trial_id"] != BASELINE_ID]
     failed = [r for r in rows if r["status"] != "completed"]
     trial_s = sum(float(r["time_total_s"] or 0) for r in rows)
+    lock_s = sum(float(r["lock_wait_s"] or 0) for r in rows)  # waiting for other searches' steps before timing
     lines = [
         "# The recorded grid of benchmarks/search_efficiency.py",
         "",
@@ -322,7 +323,8 @@ def write_notes(space, *, table: Path, notes: Path, session: dict[str, Any] | No
             f"- base model: {'cached' if base.cached else f'trained here in {base.seconds:.0f} s on one thread'} "
             f"(key {base.key}), Keras map50 {base.map50:.3f} at {base.resolution} px",
             f"- seconds: {session['wall_s']:.0f} s wall for the last session ({session['ran']} points run); "
-            f"the trials' own stages sum to {trial_s:.0f} s",
+            f"the trials' own stages sum to {trial_s:.0f} s; {lock_s:.0f} s went waiting for the node lock "
+            f"(other searches' steps) before latency timings",
             f"- versions: tensorflow {version('tensorflow')}, ai-edge-litert {version('ai-edge-litert')}, "
             f"optuna {version('optuna')}, Python {platform.python_version()}",
         ]

@@ -173,7 +173,10 @@ class TrialRecorder(tune.Callback):
         return TrialRecord(trial.trial_id, FAILED, error, params=TrialParams.from_config(trial.config).as_dict())
 
     def _finish(self, trial, record: TrialRecord) -> None:
-        record = replace(record, finished_at=round(time.time(), 3))
+        # A trial reported again (finished just before the driver died, found by its result.json
+        # on resume) keeps the time it first finished.
+        earlier = next((r for r in self.records if r.trial_id == record.trial_id), None)
+        record = replace(record, finished_at=(earlier and earlier.finished_at) or round(time.time(), 3))
         self.records = [r for r in self.records if r.trial_id != record.trial_id] + [record]
         write_records(self.run_dir, self.records, baseline=self.baseline)
         seconds = time.monotonic() - self._started.get(trial.trial_id, time.monotonic())

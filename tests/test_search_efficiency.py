@@ -138,8 +138,6 @@ def test_every_replayed_sampler_runs_and_the_goal_line_reads_the_medians(space, 
 
 
 @pytest.mark.skipif(not bench.TABLE.exists(), reason="benchmarks/grid/trials.csv not recorded yet")
-@pytest.mark.xfail(reason="the grid recording was still running when the 2026-12-02 session ended; "
-                          "benchmarks/grid/trials.csv is partial until it is recorded whole", strict=False)
 def test_the_recorded_table_holds_every_point_of_the_grid_space():
     space = load_space(bench.SPACE)
     grid = bench.load_grid(space)
