@@ -7,6 +7,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SPACE ?= spaces/yolov4_tiny.yaml
 PYTEST_ARGS ?=
+# Two pytest-xdist workers: one core each on this 2-core machine (TensorFlow's graph building and
+# tracing are mostly one thread). Tests of one file, and all tests that start Ray, share a worker
+# (tests/conftest.py). TEST_WORKERS=0 runs the suite in this process, one test after another.
+TEST_WORKERS ?= 2
+XDIST := -n $(TEST_WORKERS) --dist loadgroup
 
 .PHONY: run test test-fast smoke setup clean
 
@@ -17,11 +22,11 @@ smoke: $(STAMP)
 	$(BIN)/python -m search run spaces/smoke.yaml
 
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 # Everything but the tests marked slow (clusters, ../shared/real, full-size models).
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 setup: $(STAMP)
 

@@ -1,4 +1,5 @@
-"""Fixtures several test modules start: an S3-compatible object store on 127.0.0.1."""
+"""Fixtures several test modules start (an S3-compatible object store on 127.0.0.1), and how the
+suite shares the machine's cores (``make test`` runs it on ``pytest-xdist`` workers)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,16 @@ import pytest
 # Credentials of the local store below (it accepts any); every process that talks to it needs
 # them in its environment, the Ray nodes of tests/test_cluster.py too.
 S3_ENV = {"AWS_ACCESS_KEY_ID": "search-tests", "AWS_SECRET_ACCESS_KEY": "search-tests", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """One xdist group per test file, so a module's fixtures (a fine-tuned model, a search) are made
+    once, on one worker; and one group for every test marked ``ray``: two Ray runtimes started at
+    once on one machine (an embedded one and a test cluster's ``ray start``) break each other, so
+    those tests run one after another on one worker. Only ``--dist loadgroup`` reads the groups."""
+    for item in items:
+        group = "ray" if item.get_closest_marker("ray") else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 def free_port() -> int:
