@@ -8,10 +8,10 @@ STAMP := $(VENV)/.installed
 SPACE ?= spaces/yolov4_tiny.yaml
 PYTEST_ARGS ?=
 # Two pytest-xdist workers: one core each on this 2-core machine (TensorFlow's graph building and
-# tracing are mostly one thread). Tests of one file, and all tests that start Ray, share a worker
-# (tests/conftest.py). TEST_WORKERS=0 runs the suite in this process, one test after another.
+# tracing are mostly one thread). Tests of one file, and all test files that start Ray, share a
+# worker (tests/conftest.py). TEST_WORKERS=0 runs the suite in this process, one test after another.
 TEST_WORKERS ?= 2
-XDIST := -n $(TEST_WORKERS) --dist loadgroup
+XDIST := -n $(TEST_WORKERS)
 
 .PHONY: run test test-fast smoke setup clean
 

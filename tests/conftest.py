@@ -15,14 +15,24 @@ import pytest
 S3_ENV = {"AWS_ACCESS_KEY_ID": "search-tests", "AWS_SECRET_ACCESS_KEY": "search-tests", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
-def pytest_collection_modifyitems(config, items):
-    """One xdist group per test file, so a module's fixtures (a fine-tuned model, a search) are made
-    once, on one worker; and one group for every test marked ``ray``: two Ray runtimes started at
-    once on one machine (an embedded one and a test cluster's ``ray start``) break each other, so
-    those tests run one after another on one worker. Only ``--dist loadgroup`` reads the groups."""
-    for item in items:
-        group = "ray" if item.get_closest_marker("ray") else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
+# The test files that start Ray (an embedded runtime or a test cluster). Two Ray runtimes started
+# at once on one machine break each other (a port taken, a driver joining the other's cluster), so
+# under pytest-xdist these files run one after another on one worker.
+RAY_TEST_FILES = ("tests/test_cluster.py", "tests/test_resume.py", "tests/test_search_smoke.py")
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Whole test files to a worker (so a module's fixture, a fine-tuned model or a search, is made
+    once), and every Ray test file to the same worker. (xdist's own ``loadgroup`` cannot do it under
+    pytest 9: it renames test ids through an attribute pytest 9 no longer reads.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FilesRayTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::")[0]
+            return "ray" if path in RAY_TEST_FILES else path
+
+    return FilesRayTogether(config, log)
 
 
 def free_port() -> int:

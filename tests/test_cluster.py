@@ -35,7 +35,7 @@ RAY = str(Path(sys.executable).with_name("ray"))
 # The nodes' workers reach the tests' local S3 server (tests/conftest.py) with its credentials.
 NODE_ENV = {**os.environ, **S3_ENV, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 # Each test starts Ray (most a two-node cluster): `make test-fast` leaves the module out.
-pytestmark = [pytest.mark.slow, pytest.mark.ray]
+pytestmark = pytest.mark.slow
 
 
 def test_cluster_yaml_passes_rays_own_validation():

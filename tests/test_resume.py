@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.ray  # starts Ray: run one at a time with the other Ray tests (tests/conftest.py)
 ROOT = Path(__file__).resolve().parents[1]
 BUDGET = 3
 

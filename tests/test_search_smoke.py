@@ -13,7 +13,6 @@ from search.errors import RunDirError
 from search.runner import run_search
 from search.space import load_space
 
-pytestmark = pytest.mark.ray  # starts Ray: run one at a time with the other Ray tests (tests/conftest.py)
 ROOT = Path(__file__).resolve().parents[1]
 # The seeded random search whose trials were recorded before the redesign (issue 10): the same
 # parameters must give the same mAP and size after any change that claims to keep behaviour.
