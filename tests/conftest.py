@@ -21,6 +21,7 @@ S3_ENV = {"AWS_ACCESS_KEY_ID": "search-tests", "AWS_SECRET_ACCESS_KEY": "search-
 RAY_TEST_FILES = ("tests/test_cluster.py", "tests/test_resume.py", "tests/test_search_smoke.py")
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: no error where it is not loaded
 def pytest_xdist_make_scheduler(config, log):
     """Whole test files to a worker (so a module's fixture, a fine-tuned model or a search, is made
     once), and every Ray test file to the same worker. (xdist's own ``loadgroup`` cannot do it under
