@@ -112,6 +112,8 @@ def convert_in_mode(model, *, mode: str, calibration: np.ndarray, pruned: bool):
         extra["calibration_images"] = calibration
     if spec.selective:
         extra["float_layers"] = SELECTIVE_FLOAT_LAYERS
+    if spec.keeps_heads:
+        extra["head_layers"] = FAMILY.head_layers(model)
     if spec.needs_qat:
         from search.qat import quantize_aware_model
 

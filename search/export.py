@@ -87,8 +87,36 @@ def write_darknet_files(record: TrialRecord, context: TrialContext, folder: Path
 
 
 def how_measured(record: TrialRecord, space: Space) -> dict[str, str]:
-    """One sentence per measurement the trial ran (``Measurement.how``), by measurement name."""
-    return {m.name: m.how(space.measure, record.metrics) for m in measurements_for(space.measured_names)}
+    """One sentence per measurement the trial ran (``Measurement.how``), by measurement name, and
+    one per device target (``latency@<target>``): which node and hardware, and how."""
+    said = {m.name: m.how(space.measure, record.metrics) for m in measurements_for(space.trial_measured_names)}
+    for target in space.measure.devices:
+        said[f"latency@{target.name}"] = _how_on_target(record.metrics, target)
+    return said
+
+
+def _how_on_target(metrics: dict[str, Any], target) -> str:
+    from search.objectives.targets import MEASUREMENT, column
+
+    def get(name: str) -> Any:
+        return metrics.get(column(name, target.name))
+
+    if get("latency_ms") is None:
+        return f"not measured on {target.name} ({target.resource}): {get('error') or 'no result'}"
+    return (f"on node {get('node')} ({get('host')}: {get('cpu_model')}, {get('cores')} cores, {get('arch')}, "
+            f"{get('os')}), LiteRT {get('litert')}, {get('delegate')}, {get('threads')} thread(s), the node offering "
+            f"{target.resource}: {MEASUREMENT.how(None, metrics)}; ratio {get('latency_ref_ratio')} x reference "
+            f"{get('latency_ref_ms')} ms over {get('latency_runs')} pairs (raw median {get('latency_raw_ms')} ms)")
+
+
+def latency_reference_card(record: TrialRecord) -> dict[str, Any] | None:
+    """Which model every latency of the card is a ratio to, and its latency on the measuring node."""
+    if not record.metrics.get("latency_ref_sha256"):
+        return None
+    from search.timing.reference import recipe_text
+
+    return {"sha256": record.metrics["latency_ref_sha256"], "what": recipe_text(),
+            "latency_ms_on_node": record.metrics.get("latency_ref_ms"), "node": record.node, "host": record.host}
 
 
 def model_card(record: TrialRecord, space: Space, *, names: list[str], base: dict[str, Any], data_source: str,
@@ -114,6 +142,7 @@ def model_card(record: TrialRecord, space: Space, *, names: list[str], base: dic
         "how_measured": {**how_measured(record, space), "data": f"the {data_source} val split",
                          "measured_on": record.host, "node": record.node},
         "measurement_details": {k: v for k, v in record.metrics.items() if k not in space.measured_names},
+        "latency_reference": latency_reference_card(record),
         "input": {"shape": [1, resolution, resolution, 3], "dtype": "float32",
                   "layout": f"RGB scaled to [0, 1], {space.data.preprocessing} resize"},
         "outputs": {**family.card(len(names)), "classes": names},

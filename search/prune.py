@@ -1,7 +1,9 @@
 """Magnitude pruning of a detector's convolutions with TFMOT, fitted to a short fine-tune.
 
 ``prune`` returns a wrapped clone, ``strip`` removes the wrappers, ``measured_sparsity`` counts
-the zeros that are really there, and ``prune_and_fine_tune`` does all three around ``train``.
+the zeros that are really there, and ``prune_and_fine_tune`` does all three around ``train``
+(or, for the ``filters`` structure, which TFMOT cannot express, removes filters with
+``search.prune_filters`` and returns a thinner network).
 What can be asked for (schedules, structures, ``PruningSpec``) is in the TensorFlow-free
 ``search.pruning``; this module only applies it.
 
@@ -25,7 +27,7 @@ from search.pruning import MIN_PRUNING_STEPS, SCHEDULES, STRUCTURES, PruningSpec
 from search.train import train
 
 if TYPE_CHECKING:
-    from search.models import YoloHeads
+    from search.models import ModelFamily, YoloHeads
 
 
 def is_pruned_layer(layer, *, dense_layers: Sequence[str]) -> bool:
@@ -42,6 +44,14 @@ def copy_weights(source: keras.Model, clone: keras.Model) -> None:
             getattr(target, "layer", target).set_weights(layer.get_weights())
 
 
+def _check_steps(spec: PruningSpec, steps: int) -> None:
+    if SCHEDULES[spec.schedule].prunes and steps < MIN_PRUNING_STEPS:
+        raise SpaceError(
+            f"pruning schedule {spec.schedule!r} needs at least {MIN_PRUNING_STEPS} fine-tune steps to reach "
+            f"sparsity {spec.sparsity} and recover, but got {steps}."
+        )
+
+
 def prune(model: keras.Model, spec: PruningSpec, *, steps: int, dense_layers: Sequence[str]) -> keras.Model:
     """A clone of ``model`` whose prunable convs are TFMOT-wrapped to reach ``spec`` over ``steps``.
 
@@ -52,11 +62,10 @@ def prune(model: keras.Model, spec: PruningSpec, *, steps: int, dense_layers: Se
     from search.compat import tfmot
 
     row = SCHEDULES[spec.schedule]
-    if row.prunes and steps < MIN_PRUNING_STEPS:
-        raise SpaceError(
-            f"pruning schedule {spec.schedule!r} needs at least {MIN_PRUNING_STEPS} fine-tune steps to reach "
-            f"sparsity {spec.sparsity} and recover, but got {steps}."
-        )
+    if spec.removes_filters:
+        raise ValueError(f"prune wraps weights for TFMOT; structure {spec.structure!r} removes filters "
+                         "(prune_and_fine_tune with the family), but got it here.")
+    _check_steps(spec, steps)
     params = {}
     if row.prunes:
         params = {
@@ -115,15 +124,26 @@ def prune_and_fine_tune(
     batch_size: int = 8,
     seed: int = 0,
     progress: str | None = None,
+    family: ModelFamily | None = None,
 ) -> tuple[keras.Model, float]:
     """Prune a clone of ``model`` while fine-tuning it ``steps`` steps; return it stripped, with its sparsity.
 
     ``dense_layers`` and ``heads`` come from the model's family. Schedule ``none`` fine-tunes an
     unpruned clone for the same steps, so the baseline and the pruned variants have had the same
-    training.
+    training. Structure ``filters`` needs ``family`` (which filters go together, and the rebuild)
+    and returns the thinner network, with the fraction of its removable filters removed
+    (``search.prune_filters``).
     """
+    train_kwargs = dict(heads=heads, images=images, boxes=boxes, classes=classes, batch_size=batch_size,
+                        learning_rate=learning_rate, seed=seed, progress=progress)
+    if spec.removes_filters:
+        from search.prune_filters import remove_filters_and_fine_tune
+
+        if family is None:
+            raise ValueError(f"pruning structure {spec.structure!r} needs the model's family, but got None.")
+        _check_steps(spec, steps)
+        return remove_filters_and_fine_tune(model, spec, family=family, steps=steps, train_kwargs=train_kwargs)
     pruned = prune(model, spec, steps=steps, dense_layers=dense_layers)
-    train(pruned, heads=heads, images=images, boxes=boxes, classes=classes, steps=steps, batch_size=batch_size,
-          learning_rate=learning_rate, seed=seed, progress=progress)
+    train(pruned, steps=steps, **train_kwargs)
     stripped = strip(pruned)
     return stripped, measured_sparsity(stripped, dense_layers=dense_layers)

@@ -15,6 +15,14 @@ cores and XNNPack's sparse kernels want) is TFMOT's ``sparsity_m_by_n=(2, 4)``. 
 that mask once, at the first step, whatever the schedule says: any schedule that prunes gives the
 same 2:4 model, and the sparsity is the structure's, so ``target_sparsity`` must be 0.5 or left
 at 0 (unset); any other target is an error rather than a setting silently ignored.
+
+The ``filters`` structure removes whole filters instead of zeroing weights, so the network gets
+thinner and its bytes, MACs and latency shrink (``search.prune_filters``). Its ``target_sparsity``
+is the fraction of the prunable convs' filters removed (not of their weights, nor of MACs: a
+filter removed also removes an input channel of each conv reading it, so MACs fall faster, about
+``1 - (1 - s)^2``). The schedule is followed as for the other structures: at each mask update the
+schedule's sparsity says how many filters are masked (their outputs zeroed after the activation),
+and when the fine-tune ends the masked filters are removed.
 """
 
 from __future__ import annotations
@@ -96,10 +104,11 @@ SCHEDULES: dict[str, Schedule] = {
 
 @dataclass(frozen=True)
 class Structure:
-    """One row of ``STRUCTURES``: which weights may be zeroed."""
+    """One row of ``STRUCTURES``: which weights may be zeroed, or whether whole filters go."""
 
     description: str
     m_by_n: tuple[int, int] | None  # TFMOT's sparsity_m_by_n: at most m nonzero in every n; None: any weight
+    removes_filters: bool = False  # True: filters are removed and the network rebuilt thinner (search.prune_filters)
 
     @property
     def implied_sparsity(self) -> float | None:
@@ -113,6 +122,8 @@ class Structure:
 STRUCTURES: dict[str, Structure] = {
     "unstructured": Structure("any weight may be zeroed: the smallest magnitudes go", m_by_n=None),
     "2:4": Structure("2 zeros in every 4 consecutive input channels (sparse tensor cores, XNNPack)", m_by_n=(2, 4)),
+    "filters": Structure("whole filters (lowest BN-folded kernel L1 first) removed: a thinner network, fewer MACs",
+                         m_by_n=None, removes_filters=True),
 }
 
 
@@ -124,7 +135,8 @@ class PruningSpec:
     """What to prune and how; validated on construction (``SpaceError`` names the bad field)."""
 
     schedule: str = "none"  # key of SCHEDULES; "none" keeps every weight (the baseline)
-    target_sparsity: float = 0.0  # final fraction of zeros in prunable kernels
+    # final fraction of zeros in prunable kernels; for structure "filters", of their filters removed
+    target_sparsity: float = 0.0
     structure: str = "unstructured"  # key of STRUCTURES
     initial_sparsity: float = 0.0  # polynomial_decay only: TFMOT's default start
     power: float = 3.0  # polynomial_decay only: TFMOT's default, prunes fast early, slowly late
@@ -133,6 +145,11 @@ class PruningSpec:
     def prunes(self) -> bool:
         """Whether the schedule zeroes any weight (``none`` is the unpruned baseline)."""
         return SCHEDULES[self.schedule].prunes
+
+    @property
+    def removes_filters(self) -> bool:
+        """Whether this spec removes filters (a thinner network) rather than zeroing weights."""
+        return self.prunes and STRUCTURES[self.structure].removes_filters
 
     @property
     def sparsity(self) -> float:

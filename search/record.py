@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -64,7 +65,10 @@ class TrialRecord:
         return self.status in (COMPLETED, BASELINE)
 
     def value(self, name: str) -> float:
-        return float(self.metrics[name])
+        """The metric as a number; NaN when it is missing (a device target that did not answer):
+        such a trial is infeasible (``search.tuner``), so it never reaches a front."""
+        value = self.metrics.get(name)
+        return math.nan if value is None else float(value)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "float_layers": list(self.float_layers)}
@@ -124,11 +128,28 @@ COLUMNS = ("trial_id", "status", "error", *(f"param.{p}" for p in PARAMS), *MEAS
            "node", "host", "model_path", "finished_at")
 
 
-def csv_row(record: TrialRecord) -> dict[str, Any]:
-    """The record as one flat row of ``trials.csv`` (missing values are empty cells)."""
+def target_columns(records: Sequence[TrialRecord]) -> tuple[str, ...]:
+    """The columns of the device targets the records were measured on (``latency_ms@rpi5``, ...),
+    target by target: a space's targets are its own, so they are not among ``COLUMNS``."""
+    from search.objectives.targets import split
+    from search.objectives.targets import target_columns as columns_of
+
+    targets = dict.fromkeys(split(name)[1] for r in records for name in r.metrics if split(name)[1])
+    return tuple(c for target in targets for c in columns_of(target))
+
+
+def columns_for(records: Sequence[TrialRecord]) -> tuple[str, ...]:
+    """``COLUMNS`` with the records' device-target columns after the measured ones."""
+    at = COLUMNS.index(MADE[0])
+    return (*COLUMNS[:at], *target_columns(records), *COLUMNS[at:])
+
+
+def csv_row(record: TrialRecord, targets: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The record as one flat row of ``trials.csv`` (missing values are empty cells); ``targets``:
+    the device-target columns of the table (``target_columns``)."""
     row: dict[str, Any] = {"trial_id": record.trial_id, "status": record.status, "error": record.error}
     row.update({f"param.{p}": record.params.get(p) for p in PARAMS})
-    row.update({c: record.metrics.get(c) for c in MEASURED})
+    row.update({c: record.metrics.get(c) for c in (*MEASURED, *targets)})
     data = record.to_dict()
     row.update({c: data[c] for c in MADE})
     row["float_layers"] = ";".join(record.float_layers)
@@ -140,9 +161,10 @@ def csv_row(record: TrialRecord) -> dict[str, Any]:
 
 def records_to_csv(records: Sequence[TrialRecord]) -> str:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS)  # a column nobody declared is an error, not dropped
+    targets = target_columns(records)
+    writer = csv.DictWriter(buffer, fieldnames=columns_for(records))  # a column nobody declared is an error, not dropped
     writer.writeheader()
-    writer.writerows(csv_row(r) for r in records)
+    writer.writerows(csv_row(r, targets) for r in records)
     return buffer.getvalue()
 
 

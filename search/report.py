@@ -21,7 +21,7 @@ from search.baseline import COMPARISONS
 from search.files import write_bytes_atomic, write_text_atomic
 from search.objectives import OBJECTIVES
 from search.pareto import Front
-from search.record import TrialRecord, csv_row, records_to_csv
+from search.record import TrialRecord, csv_row, records_to_csv, target_columns
 from search.space import Space
 
 
@@ -65,7 +65,7 @@ def front_table(front: Front, space: Space) -> tuple[list[str], list[list[str]]]
     header = ["", "trial_id", *PARAM_COLUMNS, *space.metric_names, *compared, "sparsity"]
     body = []
     for mark, record in rows:
-        cells = {**csv_row(record), **{c: record.metrics.get(c) for c in compared}}
+        cells = {**csv_row(record, target_columns([record])), **{c: record.metrics.get(c) for c in compared}}
         body.append([mark, record.trial_id, *(_fmt(n, cells.get(n)) for n in names)])
     return header, body
 
@@ -88,7 +88,7 @@ def plot_axes(space: Space) -> list[tuple[str, str, float]]:
     its first latency objective, each plotted against the accuracy the export ranks by."""
     axes = []
     for kind in ("size", "latency"):
-        name = next((n for n in space.metric_names if OBJECTIVES[n].kind == kind), None)
+        name = next((n for n in space.metric_names if space.objective_table[n].kind == kind), None)
         if name is not None:
             unit, scale = next((u for end, u in UNITS.items() if name.endswith(end)), ("", 1.0))
             axes.append((name, f"{name} ({unit})" if unit else name, scale))

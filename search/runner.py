@@ -117,7 +117,7 @@ def run_search(space: Space, *, run_dir: Path | None = None, address: str | None
     check_run_dir(run_dir)
     check_storage(space)
     check_address(address)
-    check_recordable(space.metric_names, source=space.path)
+    check_recordable([n for n in space.metric_names if n in space.trial_measured_names], source=space.path)
 
     started = time.perf_counter()
     dataset = _load_data(space, echo)
@@ -194,8 +194,9 @@ def _base_model(space: Space, dataset, info: dict[str, Any], *, run_dir: Path, e
 
 
 def _run_trials(space: Space, context: TrialContext, *, artifacts: str, run_dir: Path, address: str | None,
-                info: dict[str, Any], baseline: TrialRecord, echo) -> float:
-    """Start Ray, run (or continue) the trials to the budget, stop Ray; returns the search's seconds."""
+                info: dict[str, Any], baseline: TrialRecord, echo) -> tuple[float, TrialRecord]:
+    """Start Ray, run (or continue) the trials to the budget, stop Ray; returns the search's seconds
+    and the baseline (measured on the device targets too, once Ray is up)."""
     from search.tuner import TrialRecorder, can_resume_tuner, resume_tuner, run_tuner, start_ray, stop_ray
 
     echo(f"search: {space.budget.trials or 'unlimited'} trials, {space.budget.max_concurrent} at a time, "
@@ -204,6 +205,7 @@ def _run_trials(space: Space, context: TrialContext, *, artifacts: str, run_dir:
     try:
         start_ray(address)
         _check_every_node_sees(context, artifacts, run_dir=run_dir, info=info)
+        baseline = _baseline_on_targets(space, context, baseline, run_dir=run_dir, echo=echo)
         with _sigterm_stops_like_ctrl_c():
             if can_resume_tuner(run_dir):
                 resume_tuner(context, artifacts_dir=artifacts, run_dir=run_dir)
@@ -212,7 +214,25 @@ def _run_trials(space: Space, context: TrialContext, *, artifacts: str, run_dir:
                 run_tuner(space, context, artifacts_dir=artifacts, run_dir=run_dir, recorder=recorder)
     finally:
         stop_ray()
-    return time.perf_counter() - started + info.get("search_seconds", 0.0)
+    return time.perf_counter() - started + info.get("search_seconds", 0.0), baseline
+
+
+def _baseline_on_targets(space: Space, context: TrialContext, baseline: TrialRecord, *, run_dir: Path,
+                         echo) -> TrialRecord:
+    """The baseline's model measured on every device target (it was measured before Ray started),
+    so that each target's latency has a baseline too; a resumed run keeps what it measured."""
+    from search.objectives.targets import column
+    from search.targets import measure_on_targets
+
+    devices = space.measure.devices
+    if not baseline.completed or not devices or column("error", devices[0].name) in baseline.metrics:
+        return baseline
+    echo(f"baseline: measuring on {', '.join(t.name for t in devices)} ...")
+    found = measure_on_targets(Path(baseline.model_path).read_bytes(), measure=space.measure,
+                               reference=context.latency_reference, echo=echo)
+    baseline = replace(baseline, metrics={**baseline.metrics, **found})
+    write_records(run_dir, read_records(run_dir), baseline=baseline)
+    return baseline
 
 
 def _search(space: Space, dataset, info: dict[str, Any], *, run_dir: Path, address: str | None, echo,
@@ -226,12 +246,13 @@ def _search(space: Space, dataset, info: dict[str, Any], *, run_dir: Path, addre
     storage.makedirs(artifacts)
     storage.makedirs(stages)
     context = TrialContext(space=space, dataset=dataset, base_weights=_shared_base_weights(space, base["weights"]),
-                           stages_dir=stages, base_weights_sha256=file_sha256(base["weights"]))
+                           stages_dir=stages, base_weights_sha256=file_sha256(base["weights"]),
+                           latency_reference=_latency_reference(space, info, run_dir=run_dir, echo=echo))
     baseline = _measure_baseline(space, context, run_dir=run_dir, info=info, echo=echo)
     context = replace(context, baseline=baseline.metrics or None)
     info.setdefault("search_started_at", round(time.time(), 3))
-    search_seconds = _run_trials(space, context, artifacts=artifacts, run_dir=run_dir, address=address, info=info,
-                                 baseline=baseline, echo=echo)
+    search_seconds, baseline = _run_trials(space, context, artifacts=artifacts, run_dir=run_dir, address=address,
+                                           info=info, baseline=baseline, echo=echo)
     records = read_records(run_dir)  # the record on disk: this session's trials and earlier ones
     failed = sum(not r.completed for r in records)
     info.update(completed_trials=len(records) - failed, failed_trials=failed, search_seconds=round(search_seconds, 1))
@@ -249,6 +270,25 @@ def _search(space: Space, dataset, info: dict[str, Any], *, run_dir: Path, addre
     write_run_json(run_dir, info)
     _print_summary(front, space, failed=failed, run_dir=run_dir, exported=exported, echo=echo, started=started)
     return SearchResult(run_dir, len(records) - failed, failed, front, exported)
+
+
+def _latency_reference(space: Space, info: dict[str, Any], *, run_dir: Path, echo) -> bytes | None:
+    """The latency reference (``search.timing.reference``), built once here and shipped to every
+    trial, so every node times the same bytes; None when the space measures no latency."""
+    import hashlib
+
+    from search.objectives import measurements_for
+    from search.timing.reference import RECIPE, recipe_text, reference_model
+
+    if "latency" not in [m.name for m in measurements_for(space.trial_measured_names)] and not space.measure.devices:
+        return None
+    with shared():  # a conversion: not while a trial of another search times on this node
+        content = reference_model()  # kept in the machine's temp folder: built once per TensorFlow version
+    sha = hashlib.sha256(content).hexdigest()
+    info["latency_reference"] = {"sha256": sha, "bytes": len(content), "recipe": RECIPE, "what": recipe_text()}
+    write_run_json(run_dir, info)
+    echo(f"latency reference: {recipe_text()}; {len(content):,} bytes, sha256 {sha[:16]}")
+    return content
 
 
 def _measure_baseline(space: Space, context: TrialContext, *, run_dir: Path, info: dict[str, Any], echo) -> TrialRecord:

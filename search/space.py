@@ -23,7 +23,8 @@ from search.data.formats import DATA_FORMATS
 from search.data.preprocess import PREPROCESSING
 from search.errors import SpaceError
 from search.models import DEFAULT_FAMILY, FAMILIES
-from search.objectives import DIRECTIONS, OBJECTIVES, always_measured
+from search.objectives import DIRECTIONS, OBJECTIVES, Objective, always_measured
+from search.objectives.targets import DEFAULT_TARGETS, HOST, NAME_PATTERN, Target, target_objectives
 from search.pareto import EXPORT_RULES
 from search.pruning import SCHEDULES, STRUCTURES
 from search.quantize import QUANT_MODES
@@ -231,11 +232,25 @@ class MeasureSpec:
     latency_min_runs: int = 20
     latency_min_seconds: float = 3.0  # timed for at least this long: shorter medians do not repeat (search/objectives/latency.py)
     latency_max_seconds: float = 10.0
+    # The reference's latency on a node is measured once, this long, and kept on the node: every
+    # trial's latency_ms there is a ratio times it, so it is worth a long, quiet look.
+    latency_reference_seconds: float = 20.0
     # How raw heads become the detections mAP is computed on. The one place these defaults are
     # written: the accuracy objective and the export card read them from here.
     score_threshold: float = 0.001  # low, as mAP needs the whole precision-recall curve
     iou_threshold: float = 0.45  # Darknet's NMS threshold for mAP
     max_detections: int = 100  # COCO's limit per image
+    # Where latency is measured: host (the trial's node) and the user's devices (search.objectives.targets).
+    targets: tuple[Target, ...] = DEFAULT_TARGETS
+    # How long a trial waits for a device's measurement (queued behind other trials' on a busy
+    # device, or for a device that is gone) before recording it missing with the reason: a search
+    # must not stall on a board that was unplugged. A device measurement takes ~10-40 s.
+    target_timeout_s: float = 600.0
+
+    @property
+    def devices(self) -> tuple[Target, ...]:
+        """The targets that are not the trial's own node."""
+        return tuple(t for t in self.targets if t.resource is not None)
 
 
 @dataclass(frozen=True)
@@ -292,12 +307,18 @@ class Space:
         return [o.name for o in self.objectives]
 
     @property
+    def objective_table(self) -> dict[str, Objective]:
+        """``OBJECTIVES`` and the objectives of the space's device targets (``latency_ms@rpi5``, ...)."""
+        return {**OBJECTIVES, **target_objectives(self.measure.targets)}
+
+    @property
     def export_prefers(self) -> list[str]:
         """accuracy_budget's tie-break order: the space's first objective of ``export.prefer``'s kind,
         then of the other kind (latency_ms / size_bytes when the space names none of that kind)."""
         kinds = [self.export.prefer, *(k for k in PREFER_KINDS if k != self.export.prefer)]
         fallback = {"latency": "latency_ms", "size": "size_bytes"}
-        return [next((n for n in self.metric_names if OBJECTIVES[n].kind == kind), fallback[kind]) for kind in kinds]
+        table = self.objective_table
+        return [next((n for n in self.metric_names if table[n].kind == kind), fallback[kind]) for kind in kinds]
 
     @property
     def measured_names(self) -> list[str]:
@@ -307,6 +328,11 @@ class Space:
         prefers = self.export_prefers if self.export.rule == "accuracy_budget" else []
         names = [*self.metric_names, *self.export.limits, *needed, *prefers, *always_measured()]
         return list(dict.fromkeys(names))
+
+    @property
+    def trial_measured_names(self) -> list[str]:
+        """Of ``measured_names``, those the trial's pipeline measures on its own node (not a device's)."""
+        return [name for name in self.measured_names if name in OBJECTIVES]
 
     @property
     def modes(self) -> list[str]:
@@ -358,12 +384,13 @@ def parse_space(raw: Any, *, source: str, sha256: str = "", overrides: tuple[str
     base = _parse_training(top.section("base_training"), BASE_TRAINING)
     fine_tune = _parse_training(top.section("fine_tune"), FINE_TUNE)
     search = _parse_search(top.section("search", required=True))
-    objectives = _parse_objectives(top)
+    measure = _parse_measure(top.section("measure"))  # first: its targets add objectives
+    table = {**OBJECTIVES, **target_objectives(measure.targets)}
+    objectives = _parse_objectives(top, table)
     budget = _parse_budget(top.section("budget"))
-    measure = _parse_measure(top.section("measure"))
-    export = _parse_export(top.section("export"), objectives)
+    export = _parse_export(top.section("export"), objectives, table)
     cache_dir, storage_path = _parse_storage(top.section("storage"))
-    constraints = _parse_constraints(top.section("constraints"))
+    constraints = _parse_constraints(top.section("constraints"), table)
     top.finish()
     return Space(source, sha256, name, model, data, base, fine_tune, search, objectives, budget, measure, export,
                  cache_dir, overrides, storage_path, constraints)
@@ -447,22 +474,22 @@ def _parse_pruning(p: Section) -> tuple[Dimension, Dimension, Dimension]:
     return schedule, sparsity, structure
 
 
-def _parse_objectives(top: Section) -> tuple[ObjectiveSpec, ...]:
+def _parse_objectives(top: Section, table: dict[str, Objective]) -> tuple[ObjectiveSpec, ...]:
     raw = top.raw("objectives")
     if not isinstance(raw, list) or not raw:
         top.fail("objectives", f"must be a non-empty list of {{name, direction}}, but got {raw!r}")
     parsed = []
     for i, item in enumerate(raw):
         o = Section(item, source=top.source, path=f"objectives[{i}]")
-        name = o.choice("name", OBJECTIVES)
-        direction = o.choice("direction", DIRECTIONS, OBJECTIVES[name].direction)
+        name = o.choice("name", table)
+        direction = o.choice("direction", DIRECTIONS, table[name].direction)
         o.finish()
-        if direction != OBJECTIVES[name].direction:
-            o.fail("direction", f"{name} can only be {OBJECTIVES[name].direction}d, but got {direction!r}")
+        if direction != table[name].direction:
+            o.fail("direction", f"{name} can only be {table[name].direction}d, but got {direction!r}")
         if name in [p.name for p in parsed]:
             o.fail("name", f"each objective may appear once, but got {name!r} twice")
         parsed.append(ObjectiveSpec(name, direction))
-    if not any(OBJECTIVES[o.name].kind == "accuracy" for o in parsed):
+    if not any(table[o.name].kind == "accuracy" for o in parsed):
         top.fail("objectives", f"must include an accuracy objective (map50 or map), but got {[o.name for o in parsed]}")
     return tuple(parsed)
 
@@ -493,9 +520,12 @@ def _parse_measure(me: Section) -> MeasureSpec:
         latency_min_runs=me.integer("latency_min_runs", defaults.latency_min_runs, low=1),
         latency_min_seconds=me.number("latency_min_seconds", defaults.latency_min_seconds, low=0.0),
         latency_max_seconds=me.number("latency_max_seconds", defaults.latency_max_seconds, low=0.1),
+        latency_reference_seconds=me.number("latency_reference_seconds", defaults.latency_reference_seconds, low=0.1),
         score_threshold=me.number("score_threshold", defaults.score_threshold, low=0.0, below=1.0),
         iou_threshold=me.number("iou_threshold", defaults.iou_threshold, low=0.0, high=1.0),
         max_detections=me.integer("max_detections", defaults.max_detections, low=1),
+        targets=_parse_targets(me),
+        target_timeout_s=me.number("target_timeout_s", defaults.target_timeout_s, low=1.0),
     )
     if measure.latency_min_seconds > measure.latency_max_seconds:
         me.fail("latency_min_seconds", f"must be <= latency_max_seconds ({measure.latency_max_seconds:g}), "
@@ -504,8 +534,30 @@ def _parse_measure(me: Section) -> MeasureSpec:
     return measure
 
 
-def _parse_export(e: Section, objectives: tuple[ObjectiveSpec, ...]) -> ExportSpec:
-    accuracy_names = [o.name for o in objectives if OBJECTIVES[o.name].kind == "accuracy"]
+def _parse_targets(me: Section) -> tuple[Target, ...]:
+    """``targets: [{name: host}, {name: rpi5, resource: "device:rpi5"}]``: host is the trial's own node,
+    every other target the Ray custom resource its device offers."""
+    raw = me.raw("targets", [{"name": HOST}])
+    if not isinstance(raw, list) or not raw:
+        me.fail("targets", f"must be a non-empty list of {{name, resource}}, but got {raw!r}")
+    targets: list[Target] = []
+    for i, item in enumerate(raw):
+        t = Section(item, source=me.source, path=me.key(f"targets[{i}]"))
+        name, resource = t.string("name"), t.string("resource", optional=True)
+        t.finish()
+        if not NAME_PATTERN.fullmatch(name):
+            t.fail("name", f"must be letters, digits, '_', '-' or '.', but got {name!r}")
+        if name in [target.name for target in targets]:
+            t.fail("name", f"each target may appear once, but got {name!r} twice")
+        if (name == HOST) != (resource is None):
+            t.fail("resource", f"must be given for every target but {HOST} (the trial's own node), and only then, "
+                               f"but got {resource!r} for {name!r}")
+        targets.append(Target(name, resource))
+    return tuple(targets)
+
+
+def _parse_export(e: Section, objectives: tuple[ObjectiveSpec, ...], table: dict[str, Objective]) -> ExportSpec:
+    accuracy_names = [o.name for o in objectives if table[o.name].kind == "accuracy"]
     export = ExportSpec(
         rule=e.choice("rule", EXPORT_RULES, ExportSpec.rule),
         accuracy=e.choice("accuracy", accuracy_names, accuracy_names[0]),
@@ -520,10 +572,10 @@ def _parse_export(e: Section, objectives: tuple[ObjectiveSpec, ...]) -> ExportSp
     return export
 
 
-def _parse_constraints(c: Section) -> tuple[Constraint, ...]:
+def _parse_constraints(c: Section, table: dict[str, Objective]) -> tuple[Constraint, ...]:
     """``constraints: {max_size_bytes: 6e6, min_map50: 0.5, max_map50_drop: 1.0, ...}``: ``max_`` or
     ``min_`` and an objective's or a comparison's name (``search.baseline.COMPARISONS``)."""
-    metrics = [*OBJECTIVES, *COMPARISONS]
+    metrics = [*table, *COMPARISONS]
     keys = [f"{bound}_{metric}" for metric in metrics for bound in ("max", "min")]
     constraints = []
     for key in list(c.data):

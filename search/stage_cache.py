@@ -236,7 +236,8 @@ def cached_stage(
     ``compute(weights_path) -> {"sparsity": ..., "architecture": ...}`` if absent.
 
     ``compute`` saves the stripped weights to the local path it is given and returns the measured
-    sparsity and the architecture those weights belong to. Exactly one caller across processes and nodes sharing ``root`` runs it; the others
+    sparsity and the architecture those weights belong to (any other key it returns, such as filter
+    pruning's ``filter_widths``, is kept in the card). Exactly one caller across processes and nodes sharing ``root`` runs it; the others
     wait for its result. If ``compute`` raises, the lock is released and the error propagates
     (the next caller tries again).
     """
@@ -258,7 +259,8 @@ def cached_stage(
         tmp = stages.scratch(key)
         with _Heartbeat(lambda: stages.touch(key), heartbeat_s):
             made = compute(tmp)
-        card = {"key": key, "sparsity": float(made["sparsity"]), "architecture": made["architecture"],
+        extra = {k: v for k, v in made.items() if k not in ("sparsity", "architecture")}  # e.g. filter_widths
+        card = {"key": key, "sparsity": float(made["sparsity"]), "architecture": made["architecture"], **extra,
                 "computed_on": socket.gethostname(), "computed_at": time.time()}
         stages.publish(key, tmp, card)
         return CachedStage.from_card(card, stages.weights(key), hit=False, wait_s=round(waited, 3))

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -290,6 +290,14 @@ def _check_training_set(images: np.ndarray, boxes: Sequence, classes: Sequence, 
         )
 
 
+def _adam(model: keras.Model, learning_rate: float):
+    """Adam with its slots made now, not inside the first step: a ``tf.function`` that creates
+    variables is traced twice, and a trace of this network costs seconds (half of a short fine-tune)."""
+    optimizer = keras.optimizers.Adam(learning_rate)
+    optimizer.build(model.trainable_variables)
+    return optimizer
+
+
 def _make_train_step(model: keras.Model, optimizer, *, heads: YoloHeads, resolution: int):
     """A fresh ``tf.function`` for this model: a trace must never be reused for another model."""
 
@@ -360,6 +368,7 @@ def train(
     seed: int = 0,
     augment: bool = True,
     progress: str | None = None,
+    on_step: Callable[[int], None] = lambda step: None,
 ) -> list[float]:
     """Train ``model`` in place for ``steps`` Adam steps on uint8 ``images`` and return the loss per step.
 
@@ -367,14 +376,14 @@ def train(
     ``classes[i]`` are image ``i``'s normalized ``xyxy`` boxes and class ids. Batches and
     augmentation come from ``numpy.random.default_rng(seed)``, so the same seed and the same
     starting weights give the same losses. ``progress`` names the progress output (a tqdm bar on a
-    terminal, a plain line every ``LOG_EVERY_S`` seconds in a log); ``None`` is silent.
-    """
+    terminal, a plain line every ``LOG_EVERY_S`` seconds in a log); ``None`` is silent. ``on_step(step)``
+    runs before each forward pass and after the last (``steps``): filter pruning masks weights there."""
     _check_training_set(images, boxes, classes, steps=steps, batch_size=batch_size)
     resolution = _input_resolution(model, images)
     max_boxes = max(1, max(len(b) for b in boxes))
     rng = np.random.default_rng(seed)
     batches = _batches(len(images), batch_size, rng)
-    optimizer = keras.optimizers.Adam(learning_rate)
+    optimizer = _adam(model, learning_rate)
     train_step = _make_train_step(model, optimizer, heads=heads, resolution=resolution)
     pruning_callback = _pruning_callback(model)
 
@@ -395,6 +404,7 @@ def train(
         optimizer.learning_rate.assign(learning_rate_at(step, steps=steps, peak=learning_rate))
         # forward, backward, update (pruning wrappers advance their step inside the forward pass)
         pruning_callback.on_train_batch_begin(batch=-1)
+        on_step(step)
         loss = float(train_step(tf.constant(batch_images), *(tf.constant(t) for t in targets)))
         if not math.isfinite(loss):
             raise FloatingPointError(f"training loss became {loss} at step {step}; try a lower learning_rate.")
@@ -402,4 +412,5 @@ def train(
         bar.set_postfix(loss=f"{loss:.3f}")
     # leave pruned kernels multiplied by their final masks
     pruning_callback.on_epoch_end(batch=-1)
+    on_step(steps)
     return losses

@@ -43,11 +43,12 @@ class TrialContext:
     stages_dir: str  # the shared prune + fine-tune cache: a folder or a URI (search.stage_cache)
     base_weights_sha256: str | None = None  # hashed once by the driver; None: each trial hashes the file
     baseline: dict[str, Any] | None = None  # the baseline's metrics (search.baseline), once measured
+    latency_reference: bytes | None = None  # built once by the driver: every node times the same file
 
     def measure_context(self) -> MeasureContext:
         return MeasureContext(dataset=self.dataset, measure=self.space.measure, preprocessing=self.space.data.preprocessing,
                               heads=family_of(self.space.model).heads(self.dataset.num_classes),
-                              num_threads=self.space.budget.cpus_per_trial)
+                              num_threads=self.space.budget.cpus_per_trial, reference=self.latency_reference)
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,9 @@ def run_trial(params: TrialParams, context: TrialContext, *, out_dir: Path, guar
     # 2b. Quantization-aware modes fine-tune again with fake quantization (keeping the zeros).
     if QUANT_MODES[params.quantization].needs_qat:
         with guard(), timer("qat"):
-            model, sparsity = quantize_aware(model, params, context, family=family, preserve_sparsity=tuned.prunes)
+            model, zeros = quantize_aware(model, params, context, family=family, preserve_sparsity=tuned.prunes)
+        # a thinner network's sparsity is the filters it lost, which QAT cannot bring back
+        sparsity = sparsity if tuned.removed_filters else zeros
     # 3, 4. Convert, and measure the converted model.
     made = _convert_and_measure(model, params, context, out_dir=out_dir, guard=guard, timer=timer)
     return replace(made, sparsity=sparsity, stage_cache=tuned.cache, stage_wait_s=tuned.wait_s, stage_key=tuned.key)
@@ -148,7 +151,8 @@ def _convert_and_measure(model, params: TrialParams, context: TrialContext, *, o
         model_file.write_bytes(converted.content)
     # 4. Measure the converted model by every measurement the space needs.
     artifact = Artifact(content=converted.content, model=model, resolution=params.resolution, mode=params.quantization)
-    metrics, lock_wait = measure(artifact, context.measure_context(), context.space.measured_names, guard=guard, timer=timer)
+    metrics, lock_wait = measure(artifact, context.measure_context(), context.space.trial_measured_names, guard=guard,
+                                 timer=timer)
     return TrialResult(
         params, metrics, 0.0, converted.audit.summary(), tuple(converted.float_layers),
         round(converted.calibration_seconds or 0.0, 3), "", 0.0, "", lock_wait, timer.seconds, model_file,

@@ -55,6 +55,7 @@ TUNE_DIR = "tune"  # Tune's experiment state (and the saved sampler), inside the
 # The result's [[constraint key, violation], ...] (<= 0 feasible; search.baseline): pairs, not a
 # dict, because Tune flattens nested dicts in the results it hands a searcher.
 CONSTRAINTS = "constraints"
+MISSING = "missing"  # the result's objectives without a value (a device target that did not answer)
 
 
 def make_sampler(space: Space):
@@ -75,7 +76,7 @@ class OptunaSearchWithFailures(OptunaSearch):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         with shared():
-            if result and result.get("error"):
+            if result and (result.get("error") or result.get(MISSING)):
                 return super().on_trial_complete(trial_id, None, error=True)
             if result and result.get(CONSTRAINTS) and trial_id in self._ot_trials:
                 # Before `tell`: samplers that learn feasibility (TPE, NSGA-II) read it from the trial.
@@ -99,12 +100,33 @@ def _run_on_node(config: dict[str, Any], context, *, trial_id: str, location: st
         from search.trial import MODEL_FILE, run_trial
 
     result = run_trial(TrialParams.from_config(config), context, out_dir=local, guard=node_guard)
+    result = with_targets(result, (local / MODEL_FILE).read_bytes(), context)
     if storage.is_uri(location):  # on an object store the files go up; the node keeps nothing of them
         storage.upload(local / MODEL_FILE, storage.join(location, MODEL_FILE))
         shutil.rmtree(local, ignore_errors=True)
     record = result.record(trial_id, node=_node_id(), host=os.uname().nodename,
                            model_path=storage.join(location, MODEL_FILE))
-    return judge(record, baseline=context.baseline, constraints=context.space.constraints)
+    return missing_is_infeasible(judge(record, baseline=context.baseline, constraints=context.space.constraints),
+                                 context.space)
+
+
+def with_targets(result, content: bytes, context):
+    """``result`` with its model measured on every device target (``search.targets``), each value
+    suffixed ``@<target>``; a target that did not answer leaves its reason instead."""
+    from search.targets import measure_on_targets
+
+    if not context.space.measure.devices:
+        return result
+    found = measure_on_targets(content, measure=context.space.measure, reference=context.latency_reference)
+    return replace(result, metrics={**result.metrics, **found})
+
+
+def missing_is_infeasible(record: TrialRecord, space: Space) -> TrialRecord:
+    """A completed trial without one of its objectives (a device that did not answer) stays recorded,
+    but cannot be ranked: it is infeasible, and Optuna is told FAIL (``OptunaSearchWithFailures``)."""
+    if record.completed and any(record.metrics.get(name) is None for name in space.metric_names):
+        return replace(record, feasible=False)
+    return record
 
 
 def _node_id() -> str:
@@ -131,6 +153,7 @@ def trainable(config: dict[str, Any], context, artifacts_dir: str) -> None:
     # Tune's strict metric check wants every objective in a result; None tells the searcher nothing.
     values = {name: record.metrics.get(name) for name in context.space.metric_names}
     result = {**values, "error": record.error, "record": record.to_dict(),
+              MISSING: [name for name, value in values.items() if value is None] if record.completed else [],
               CONSTRAINTS: [list(pair) for pair in violations(record.metrics, context.space.constraints).items()]
               if record.completed else None}
     storage.write_bytes(storage.join(location, RESULT), json.dumps(result, default=str).encode())

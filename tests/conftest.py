@@ -18,7 +18,8 @@ S3_ENV = {"AWS_ACCESS_KEY_ID": "search-tests", "AWS_SECRET_ACCESS_KEY": "search-
 # The test files that start Ray (an embedded runtime or a test cluster). Two Ray runtimes started
 # at once on one machine break each other (a port taken, a driver joining the other's cluster), so
 # under pytest-xdist these files run one after another on one worker.
-RAY_TEST_FILES = ("tests/test_cluster.py", "tests/test_resume.py", "tests/test_search_smoke.py")
+RAY_TEST_FILES = ("tests/test_cluster.py", "tests/test_device_targets.py", "tests/test_resume.py",
+                  "tests/test_search_smoke.py")
 
 
 @pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: no error where it is not loaded

@@ -19,6 +19,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,10 +109,10 @@ class TwoNodes:
         self.worker.wait(timeout=30)
 
 
-@pytest.fixture
-def ray_two_nodes(tmp_path, monkeypatch):
-    """A head and a worker node, 1 CPU each, on 127.0.0.1; torn down also when the test fails."""
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # the driver (this process) too
+@contextmanager
+def two_nodes(tmp_path: Path, *worker_args: str) -> Iterator[TwoNodes]:
+    """A head and a worker node, 1 CPU each, on 127.0.0.1; torn down also when the caller fails.
+    ``worker_args``: more ``ray start`` options of the worker (a later ``--num-cpus`` wins)."""
     port = _free_port()
     address = f"127.0.0.1:{port}"
     # Ray's socket paths must fit in 107 bytes: pytest's tmp_path is too deep.
@@ -123,7 +125,7 @@ def ray_two_nodes(tmp_path, monkeypatch):
         while _alive_nodes(address) < 1:
             assert time.monotonic() < deadline and head.poll() is None, (tmp_path / "head.log").read_text()[-2000:]
             time.sleep(1)
-        worker = _start_node(f"--address={address}", log=tmp_path / "worker.log")
+        worker = _start_node(f"--address={address}", *worker_args, log=tmp_path / "worker.log")
         while _alive_nodes(address) < 2:
             assert time.monotonic() < deadline and worker.poll() is None, (tmp_path / "worker.log").read_text()[-2000:]
             time.sleep(1)
@@ -133,6 +135,14 @@ def ray_two_nodes(tmp_path, monkeypatch):
             _stop_node(worker)
         _stop_node(head)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def ray_two_nodes(tmp_path, monkeypatch):
+    """A head and a worker node, 1 CPU each, on 127.0.0.1."""
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # the driver (this process) too
+    with two_nodes(tmp_path) as nodes:
+        yield nodes
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ STEPS = MIN_PRUNING_STEPS  # the shortest fine-tune allowed must still reach eve
 LEARNING_RATE = 2e-4  # 60 steps at 5e-4 alone took a base model from mAP@0.5 0.69 to 0.66
 FAMILY = get_family("yolov4_tiny")
 DENSE = ("conv_29", "conv_36")  # the heads' 1x1 output convs, written out: the family must say the same
+DENSE_FILTERS = 3 * (5 + NUM_CLASSES)  # theirs: 3 anchors x (box, objectness, classes), kept by filter pruning
 
 
 def pruned_layers(model) -> list:
@@ -26,6 +27,9 @@ SPECS = {
     "polynomial_decay": PruningSpec(schedule="polynomial_decay", target_sparsity=0.6, initial_sparsity=0.1),
     "2:4": PruningSpec(schedule="polynomial_decay", structure="2:4"),  # TFMOT ignores the schedule here
 }
+# Filter pruning fine-tunes on its own, in the slow tier (~15 s more): `make test-fast` prunes filters
+# in a whole trial (tests/models/darknet/test_stages.py), to its target, through the stage cache.
+FILTERS = PruningSpec(schedule="polynomial_decay", target_sparsity=0.5, structure="filters")
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +66,22 @@ def test_every_schedule_is_exercised():
 def test_schedule_reaches_its_target(fine_tuned, name):
     _, sparsity = fine_tuned[name]
     assert sparsity == pytest.approx(SPECS[name].sparsity, abs=0.02)
+
+
+@pytest.mark.slow
+def test_filters_fine_tune_returns_a_thinner_network_on_target(base_model):
+    from search.objectives.macs import count_macs
+
+    images = np.full((2, RESOLUTION, RESOLUTION, 3), 128, np.uint8)  # filters are ranked by their weights
+    model, sparsity = prune_and_fine_tune(
+        base_model, FILTERS, steps=STEPS, dense_layers=DENSE, heads=FAMILY.heads(NUM_CLASSES), images=images,
+        boxes=[np.array([[0.1, 0.2, 0.5, 0.6]], np.float32)] * 2, classes=[np.array([0], np.int32)] * 2, batch_size=2,
+        learning_rate=LEARNING_RATE, family=FAMILY)
+    assert sparsity == pytest.approx(FILTERS.sparsity, abs=0.02)
+    assert model.get_layer("conv_2").filters == 32 and model.get_layer("conv_29").filters == DENSE_FILTERS
+    assert count_macs(model) < 0.35 * count_macs(base_model)  # in and out channels both halve
+    assert model.count_params() < 0.35 * base_model.count_params()
+    assert FAMILY.from_architecture(FAMILY.architecture(model), resolution=RESOLUTION).count_params() == model.count_params()
 
 
 def test_none_fine_tunes_without_pruning(fine_tuned, base_model):

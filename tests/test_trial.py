@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from search.quantize import QUANT_MODES
+from search.quantize import QUANT_MODES, strategies
 from search.stages.convert import calibration_images, calibration_indices
 from search.trial import TrialContext, TrialParams, TrialResult, run_trial
 from tests.helpers import smoke_trial_context
@@ -39,7 +39,19 @@ def _check_tflite_runs(path: str, resolution: int) -> None:
     assert grids == [resolution // 32, resolution // 16]
 
 
-@pytest.mark.parametrize("mode", list(QUANT_MODES))
+# The int8 recipes are one strategy run with its row's settings, each converted and audited in
+# tests/quantize/test_recipes.py: the fast tier runs a trial of the recipe that combines them all
+# (heads kept with int8 kernels, percentile ranges, bias correction), the slow tier every other one.
+FAST_RECIPE = "int8_dynamic_heads_percentile_bias_corrected"
+
+
+def _trial_modes() -> list:
+    return [pytest.param(mode, marks=pytest.mark.slow)
+            if row.strategy is strategies.recipe and mode != FAST_RECIPE else mode
+            for mode, row in QUANT_MODES.items()]
+
+
+@pytest.mark.parametrize("mode", _trial_modes())
 def test_one_trial_per_quantization_mode(context, mode, tmp_path):
     calibrates = QUANT_MODES[mode].needs_calibration
     params = TrialParams(resolution=64, pruning_schedule="none", quantization=mode, calibration_size=4 if calibrates else None)
@@ -60,9 +72,10 @@ def test_one_trial_per_quantization_mode(context, mode, tmp_path):
 
 
 def test_pruned_trial_reaches_its_sparsity_and_gzips_smaller(context, tmp_path):
-    dense = _run(TrialParams(resolution=96, pruning_schedule="none", quantization="float32"), context, tmp_path, "dense")
+    # 64 px as the mode tests above: the dense fine-tune is their cached one
+    dense = _run(TrialParams(resolution=64, pruning_schedule="none", quantization="float32"), context, tmp_path, "dense")
     pruned = _run(
-        TrialParams(resolution=96, pruning_schedule="polynomial_decay", target_sparsity=0.6, pruning_structure="unstructured",
+        TrialParams(resolution=64, pruning_schedule="polynomial_decay", target_sparsity=0.6, pruning_structure="unstructured",
                     quantization="float32"),
         context, tmp_path, "pruned",
     )

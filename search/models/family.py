@@ -84,6 +84,26 @@ class YoloHeads:
 
 
 @dataclass(frozen=True)
+class FilterCluster:
+    """Filters that filter pruning (``search.prune``) may remove, as units that go whole.
+
+    A unit is the set of ``(conv layer name, filter index)`` whose channels the network ties
+    together: both operands of a shortcut, the paired filters of an equal channel split. Removing
+    a unit zeroes its filters' outputs after their activation, and the family's ``thin`` then drops
+    them with the matching input channels of every reader. Convs that share a unit form one
+    cluster; keeping a multiple of ``step`` of its units keeps each of its convs' widths a multiple
+    of 8 (XNNPACK's channel tile) where the ties allow it.
+    """
+
+    units: tuple[tuple[tuple[str, int], ...], ...]
+    step: int  # units kept come in multiples of this
+
+    @property
+    def convs(self) -> tuple[str, ...]:
+        return tuple(sorted({conv for unit in self.units for conv, _ in unit}))
+
+
+@dataclass(frozen=True)
 class ModelFamily:
     """One network family: how to build, describe, rebuild and import it, and what it needs kept.
 
@@ -100,6 +120,9 @@ class ModelFamily:
     heads: Callable[[int], YoloHeads]
     # model -> Conv2D layer names pruning must leave dense (their channels are the outputs)
     dense_layers: Callable[[Any], tuple[str, ...]]
+    # model -> the Conv2D layers whose outputs are the detection heads, in the model's output order
+    # (quantization recipes that keep the detection outputs at higher precision read them here)
+    head_layers: Callable[[Any], tuple[str, ...]]
     # model -> names of the Lambda layers that take the second half of the channels (CSP split),
     # which QAT replaces by a serialisable layer; any other Lambda is refused
     channel_split_layers: Callable[[Any], tuple[str, ...]]
@@ -107,6 +130,12 @@ class ModelFamily:
     architecture: Callable[[Any], dict[str, Any]]
     # (architecture, *, resolution) -> keras.Model with the layer names and weight shapes of the original
     from_architecture: Callable[..., Any]
+    # (model, scores: conv name -> per-filter score) -> the FilterClusters filter pruning may remove;
+    # the scores only pair filters across an equal channel split (best with best)
+    filter_clusters: Callable[..., tuple[FilterCluster, ...]]
+    # (model, removed: a set of (conv name, filter)) -> the thinner network with the remaining weights,
+    # computing what ``model`` computes with the removed filters' outputs zero after their activation
+    thin: Callable[..., Any]
     # num_classes -> the export card's "outputs" section
     card: Callable[[int], dict[str, Any]]
     # (cfg_path, weights_path) -> num_classes: checks pretrained files without building anything

@@ -44,6 +44,9 @@ class MeasureContext:
     preprocessing: str
     heads: YoloHeads  # how the raw outputs decode into boxes
     num_threads: int  # threads the trial may use outside the latency measurement
+    # The latency reference's bytes (search.timing.reference), built once by the driver so that
+    # every node times the same file; None: the latency measurement builds it where it runs.
+    reference: bytes | None = None
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ To add an objective: a module beside this one with its ``MEASUREMENT``, and one 
 
 from __future__ import annotations
 
-from search.objectives import accuracy, latency, macs, params, size
+from search.objectives import accuracy, latency, macs, memory, params, size
 from search.objectives.objective import MAXIMIZE, MINIMIZE, Measurement, Objective
 
 OBJECTIVES: dict[str, Objective] = {
@@ -24,6 +24,9 @@ OBJECTIVES: dict[str, Objective] = {
                   latency.MEASUREMENT),
         Objective("latency_p90_ms", MINIMIZE, "latency",
                   "90th-percentile latency of one invoke in the LiteRT interpreter", latency.MEASUREMENT),
+        Objective("memory_bytes", MINIMIZE, "size",
+                  "peak resident memory added by loading, allocating and invoking the model (LiteRT, fresh process)",
+                  memory.MEASUREMENT),
         # Only the architecture and resolution change it (TFLite's CPU kernels compute zeroed
         # weights all the same): a machine-independent cost.
         Objective("macs", MINIMIZE, "latency",

@@ -41,7 +41,9 @@ class Audit:
     activation_dtypes: dict[str, int]  # dtype computed by ops inside the model -> how many
     input_dtypes: tuple[str, ...]
     output_dtypes: tuple[str, ...]
-    float_layers: tuple[str, ...] = ()  # int8_selective: the ops found in float, as allowed
+    float_layers: tuple[str, ...] = ()  # selective and head modes: the ops found out of int8, as allowed
+    # Each of those ops as ``OP label [activations A, weights W]`` (what "int8" does not cover).
+    kept_ops: tuple[str, ...] = ()
 
     @property
     def activation_dtype(self) -> str:
@@ -57,7 +59,7 @@ class Audit:
         verdict = f"pass {self.mode}"
         if not self.passed:
             verdict = f"FAIL {self.mode} ({len(self.problems)} problems: {self.problems[0]})"
-        kept_float = f"; float {len(self.float_layers)}: {', '.join(self.float_layers)}" if self.float_layers else ""
+        kept_float = f"; float {len(self.float_layers)}: {', '.join(self.kept_ops or self.float_layers)}" if self.float_layers else ""
         return (
             f"{verdict}: {sum(self.op_counts.values())} ops; weights {weights}; "
             f"activations {self.activation_dtype}; io {'/'.join(sorted(set(self.input_dtypes)))}{kept_float}"
@@ -73,14 +75,17 @@ def audit(content: bytes, *, mode: str, int8_io: bool = False, float_layers: Seq
     conv / FC kernel is stored in the mode's weight dtype; the model's inputs and outputs are int8
     when ``int8_io`` and float32 otherwise.
 
-    ``float_layers`` (selective modes only): output tensor names of ops allowed to compute in
-    float with float kernels, fed by DEQUANTIZE; each must be found, in float, in the file.
+    ``float_layers`` (modes whose row ``keeps`` some ops): output tensor names of ops allowed to
+    compute in float with kernels stored as the row's ``kept_weight_dtype``, fed by DEQUANTIZE;
+    each must be found, in float, in the file. A row that keeps the ``heads`` allows only ops
+    whose outputs are the model's outputs (or feed only other kept ops), and every model output
+    must come from one of them.
     """
     spec = get_mode(mode)
     if int8_io and mode != "int8":
         raise ValueError(f"int8_io applies to mode 'int8' only, but got mode '{mode}'.")
-    if float_layers and not spec.selective:
-        raise ValueError(f"float_layers apply to selective modes only, but got mode '{mode}'.")
+    if float_layers and spec.keeps == "none":
+        raise ValueError(f"float_layers apply to modes that keep ops out of int8 only, but got mode '{mode}'.")
     model = _read_flatbuffer(content)
     findings = _Findings()
     input_dtypes, output_dtypes = _check_io(model.subgraphs[0], mode=mode, int8_io=int8_io, findings=findings)
@@ -89,6 +94,8 @@ def audit(content: bytes, *, mode: str, int8_io: bool = False, float_layers: Seq
         view = _Graph(model, graph, allowed_float=allowed_float)
         for index, op in enumerate(graph.operators):
             _check_op(view, view.describe(index, op), spec=spec, findings=findings)
+        if spec.keeps_heads:
+            _check_heads(view, spec=spec, findings=findings)
 
     missing = sorted(allowed_float - set(findings.found_float))
     if missing:
@@ -103,6 +110,7 @@ def audit(content: bytes, *, mode: str, int8_io: bool = False, float_layers: Seq
         input_dtypes=input_dtypes,
         output_dtypes=output_dtypes,
         float_layers=tuple(findings.found_float),
+        kept_ops=tuple(findings.kept_ops),
     )
 
 
@@ -160,6 +168,7 @@ class _Findings:
     weight_dtypes: Counter[str] = field(default_factory=Counter)
     activation_dtypes: Counter[str] = field(default_factory=Counter)
     found_float: list[str] = field(default_factory=list)  # output tensors of the allowed float ops
+    kept_ops: list[str] = field(default_factory=list)  # the same ops, as Audit.kept_ops describes them
 
     def add(self, rank: int, message: str) -> None:
         self.problems.append((rank, message))
@@ -242,7 +251,13 @@ def _check_op(view: _Graph, op: _Op, *, spec: QuantMode, findings: _Findings) ->
     if op.kept_float:
         findings.found_float.append(op.label)
     _check_outputs(view, op, spec=spec, findings=findings)
-    _check_kernel(view, op, spec=spec, findings=findings)
+    kernel = _check_kernel(view, op, spec=spec, findings=findings)
+    if op.kept_float:
+        outputs = {_type_names()[view.tensors[o].type] for o in op.op.outputs if o >= 0}
+        if outputs & _INTEGER_TYPES:
+            findings.add(op.rank, f"{op.where} was to stay out of int8, but computes {','.join(sorted(outputs))}")
+        weights = f", weights {kernel}" if kernel else ""
+        findings.kept_ops.append(f"{op.name} {op.label.split(';')[0]} [activations {','.join(sorted(outputs))}{weights}]")
 
 
 def _check_outputs(view: _Graph, op: _Op, *, spec: QuantMode, findings: _Findings) -> None:
@@ -277,17 +292,41 @@ def _check_outputs(view: _Graph, op: _Op, *, spec: QuantMode, findings: _Finding
             findings.add(op.rank, f"{op.where} outputs {dtype} without a scale / zero point")
 
 
-def _check_kernel(view: _Graph, op: _Op, *, spec: QuantMode, findings: _Findings) -> None:
-    """A conv / FC kernel is stored in the mode's weight dtype (small or kept-float ones may stay float)."""
+def _check_kernel(view: _Graph, op: _Op, *, spec: QuantMode, findings: _Findings) -> str | None:
+    """A conv / FC kernel is stored in the mode's weight dtype (small ones may stay float, kept ones
+    are the row's ``kept_weight_dtype``); returns the dtype found, None for an op without a kernel."""
     raw = op.op
     if op.name not in _KERNEL_OPS or raw.inputs.size < 2 or raw.inputs[1] < 0:
-        return
+        return None
     stored = view.stored_kernel(raw)
     dtype = _type_names()[stored.type] if stored is not None else "COMPUTED"
     findings.weight_dtypes[dtype] += 1
     elements = int(np.prod(view.tensors[raw.inputs[1]].shape))
-    small_float = dtype == "FLOAT32" and (elements < spec.min_quantized_weight_elements or op.kept_float)
-    if dtype != spec.weight_dtype and not small_float:
+    small_float = dtype == "FLOAT32" and elements < spec.min_quantized_weight_elements
+    if op.kept_float and dtype != spec.kept_weight_dtype:
+        findings.add(op.rank, f"{op.where} is kept out of int8 with a {dtype} kernel, but {spec.name} keeps "
+                              f"{spec.kept_weight_dtype} kernels")
+    elif dtype != spec.weight_dtype and not small_float and not op.kept_float:
         findings.add(op.rank, f"{op.where} kernel is stored as {dtype}, but {spec.name} stores {spec.weight_dtype}")
     elif dtype in _INTEGER_TYPES and not _has_quantization(stored):
         findings.add(op.rank, f"{op.where} kernel is {dtype} without a scale / zero point")
+    return dtype
+
+
+def _check_heads(view: _Graph, *, spec: QuantMode, findings: _Findings) -> None:
+    """Only the detection outputs are kept: kept ops feed the model's outputs alone, and make all of them."""
+    graph = view.graph
+    outputs = {int(o) for o in graph.outputs}
+    for index, raw in enumerate(graph.operators):
+        if not view.kept_float(raw):
+            continue
+        feeds_network = any(int(o) not in outputs and not all(view.kept_float(c) for c in view.consumers.get(int(o), []))
+                            for o in raw.outputs if o >= 0)
+        if feeds_network:
+            findings.add(0, f"{view.describe(index, raw).where} is kept out of int8 but feeds the network; "
+                            f"{spec.name} keeps only the detection-output ops")
+    for output in sorted(outputs):
+        producer = view.producers.get(output)
+        if producer is None or not view.kept_float(producer):
+            findings.add(0, f"model output {view.tensors[output].name.decode(errors='replace')} is not made by a kept "
+                            f"head op, but {spec.name} keeps every detection output out of int8")

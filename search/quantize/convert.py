@@ -42,6 +42,7 @@ def convert(
     calibration_images: np.ndarray | None = None,
     int8_io: bool = False,
     float_layers: int = 0,
+    head_layers: tuple[str, ...] = (),
 ) -> ConvertedModel:
     """Convert the Keras ``model`` to TFLite in ``mode`` and audit the result.
 
@@ -50,11 +51,14 @@ def convert(
     input and output tensors instead of float32 (mode ``int8`` only), for targets that take raw
     bytes. ``float_layers``: for ``int8_selective``, how many of the ops most sensitive to int8
     stay in float (0: plain int8 through the same path). ``qat_int8`` takes a model from
-    ``search.qat.quantize_aware_fine_tune``. Raises ``ConversionError`` when the converter fails
-    or the audit finds the model is not what ``mode`` says.
+    ``search.qat.quantize_aware_fine_tune``. ``head_layers``: the family's detection-output convs
+    (``ModelFamily.head_layers``), which the modes that keep the heads out of int8 need (ignored by
+    the others). Raises ``ConversionError`` when the converter fails or the audit finds the model
+    is not what ``mode`` says.
     """
     spec = get_mode(mode)
     resolution = _check_arguments(model, spec=spec, int8_io=int8_io, float_layers=float_layers)
+    heads = _head_shapes(model, head_layers) if spec.keeps_heads else ()
     images = check_calibration_images(calibration_images, spec=spec, resolution=resolution)
 
     start = time.perf_counter()
@@ -64,7 +68,8 @@ def convert(
         converter.representative_dataset = feed
     try:
         with quiet_stderr():  # MLIR notes on every conversion; errors arrive as exceptions
-            content, kept_float = spec.strategy(converter, images=images, float_layers=float_layers)
+            content, kept_float = spec.strategy(converter, spec=spec, images=images, float_layers=float_layers,
+                                                heads=heads)
     except Exception as error:  # the converter raises several unrelated types
         raise ConversionError(f"{mode} conversion failed: {first_error_line(error)}") from error
     convert_seconds = time.perf_counter() - start
@@ -99,6 +104,18 @@ def _check_arguments(model, *, spec: QuantMode, int8_io: bool, float_layers: int
     if height is None or height != width:
         raise ValueError(f"model input must be square with a fixed size to convert, but got {model.input_shape}.")
     return height
+
+
+def _head_shapes(model, head_layers: tuple[str, ...]) -> tuple[tuple[int, ...], ...]:
+    """The output shapes ``(h, w, channels)`` of the family's head convs, which the mode keeps out of int8."""
+    if not head_layers:
+        raise ValueError("head_layers must name the family's detection-output convs (ModelFamily.head_layers) "
+                         "for a mode that keeps the heads, but got none.")
+    names = {layer.name for layer in model.layers}
+    missing = [name for name in head_layers if name not in names]
+    if missing:
+        raise ValueError(f"head_layers must be layers of model {model.name!r}, but got {', '.join(missing)}.")
+    return tuple(tuple(int(d) for d in model.get_layer(name).output.shape[1:]) for name in head_layers)
 
 
 def _is_quantize_aware(model) -> bool:

@@ -47,7 +47,9 @@ def trial_calibration_images(params: TrialParams, context) -> np.ndarray | None:
 
 def convert(model, params: TrialParams, context):
     """The audited ``search.quantize.ConvertedModel`` of ``model`` in the trial's mode."""
+    from search.models import family_of
     from search.quantize import convert as convert_model
 
     return convert_model(model, mode=params.quantization, calibration_images=trial_calibration_images(params, context),
-                         float_layers=params.float_layers or 0)
+                         float_layers=params.float_layers or 0,
+                         head_layers=family_of(context.space.model).head_layers(model))

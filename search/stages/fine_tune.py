@@ -4,7 +4,8 @@ The result depends only on the base weights, the network, the data, the preproce
 resolution, the pruning spec, the fine-tune settings and the seed; quantization acts later. So
 ``stage_key`` hashes exactly those, and every trial that differs only in how it is converted
 reuses the stage (``search.stage_cache``), on any node. The stage stores the architecture with
-the weights, since a pruned network may be thinner than the one the trial built; only a miss
+the weights, since a pruned network may be thinner than the one the trial built (the ``filters``
+structure removes filters: the cached architecture is the thinner cfg); only a miss
 needs the base weights and the preprocessed training split.
 """
 
@@ -21,11 +22,12 @@ from search.params import TrialParams
 @dataclass(frozen=True)
 class FineTuned:
     model: object  # the stripped, fine-tuned Keras model
-    sparsity: float  # measured on the stripped weights when the stage was computed
-    prunes: bool  # whether the schedule pruned (QAT then preserves the zeros)
+    sparsity: float  # measured when the stage was computed: zeros, or for filter pruning filters removed
+    prunes: bool  # whether the weights hold pruning's zeros (QAT then preserves them); False for filters
     cache: str  # "hit" (reused) or "miss" (computed by this trial)
     wait_s: float  # time spent waiting for another trial computing the same stage
     key: str
+    removed_filters: bool = False  # a thinner network: its sparsity is the filters it lost, which QAT keeps
 
 
 def pruning_spec(params: TrialParams):
@@ -74,14 +76,21 @@ def fine_tune(model, params: TrialParams, context, *, family) -> FineTuned:
             model, pruning, dense_layers=family.dense_layers(model),
             steps=space.fine_tune.steps, batch_size=space.fine_tune.batch_size,
             learning_rate=space.fine_tune.learning_rate, seed=space.budget.seed, heads=family.heads(data.num_classes),
-            images=train.images, boxes=train.boxes, classes=train.classes,
+            images=train.images, boxes=train.boxes, classes=train.classes, family=family,
         )
         tuned.save_weights(str(weights_path))
-        return {"sparsity": sparsity, "architecture": family.architecture(tuned)}
+        made = {"sparsity": sparsity, "architecture": family.architecture(tuned)}
+        if pruning.removes_filters:  # the card records each conv's width asked and kept (the rounding to 8)
+            from search.prune_filters import filter_widths
+
+            made["filter_widths"] = filter_widths(model, tuned, target=pruning.sparsity,
+                                                  dense_layers=family.dense_layers(model))
+        return made
 
     stage = cached_stage(context.stages_dir, key, compute)
     tuned = load_stage_model(stage, family=family, resolution=params.resolution)
-    return FineTuned(tuned, stage.sparsity, pruning.prunes, "hit" if stage.hit else "miss", stage.wait_s, key)
+    return FineTuned(tuned, stage.sparsity, pruning.prunes and not pruning.removes_filters, "hit" if stage.hit else "miss",
+                     stage.wait_s, key, removed_filters=pruning.removes_filters)
 
 
 def load_stage_model(stage, *, family, resolution: int):

@@ -61,6 +61,19 @@ def test_dense_layers_and_channel_splits_name_layers_of_the_model(built):
         assert tuple(layer.output_shape) == (*layer.input_shape[:-1], layer.input_shape[-1] // 2)
 
 
+def test_head_layers_are_the_convs_making_the_outputs(built):
+    """What the int8 recipes keep at higher precision: one conv per head, shaped as its output."""
+    from search.compat import keras
+
+    family, model = built
+    heads = family.head_layers(model)
+    assert len(heads) == len(model.outputs)
+    for name, output in zip(heads, model.outputs):  # in the model's output order
+        layer = model.get_layer(name)
+        assert isinstance(layer, keras.layers.Conv2D)
+        assert tuple(layer.output.shape[1:]) == tuple(output.shape[1:])
+
+
 def test_card_describes_the_heads(built):
     family, _ = built
     card = family.card(NUM_CLASSES)

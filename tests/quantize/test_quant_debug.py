@@ -9,21 +9,8 @@ import pytest
 from search.quantize import audit, convert, layer_error_report, write_layer_report
 from search.quantize.debugger import RANK_KEY
 from search.tflite_model import TFLiteDetector
-from tests.helpers import random_images, tiny_model
 
-RESOLUTION = 64
-NUM_CLASSES = 3
 FLOAT_LAYERS = 3
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model(num_classes=NUM_CLASSES, resolution=RESOLUTION, seed=0)
-
-
-@pytest.fixture(scope="module")
-def images():
-    return random_images(9, resolution=RESOLUTION, seed=0)
 
 
 @pytest.fixture(scope="module")

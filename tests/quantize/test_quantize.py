@@ -12,30 +12,19 @@ import pytest
 import search
 from search.compat import keras, tf
 from search.errors import ConversionError, SpaceError
-from search.quantize import QUANT_MODES, ConverterRequest, audit, convert, get_mode
+from search.quantize import QUANT_MODES, ConverterRequest, audit, convert, get_mode, strategies
 from search.tflite_model import TFLiteDetector
-from tests.helpers import random_images, tiny_model
 
-RESOLUTION = 64
-NUM_CLASSES = 3
-# Modes a converter setting makes from a float model. qat_int8 (a QAT model) and int8_selective
-# (float_layers) have their own tests: tests/test_qat.py, tests/quantize/test_quant_debug.py.
-PLAIN_MODES = [name for name, spec in QUANT_MODES.items() if not spec.needs_qat and not spec.selective]
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model(num_classes=NUM_CLASSES, resolution=RESOLUTION, seed=0)
-
-
-@pytest.fixture(scope="module")
-def images():
-    return random_images(17, resolution=RESOLUTION, seed=0)
+# Modes a converter setting makes from a float model (the plain strategy). qat_int8 (a QAT model),
+# int8_selective (float_layers) and the int8 recipes have their own tests: tests/test_qat.py,
+# tests/quantize/test_quant_debug.py, tests/quantize/test_recipes.py.
+PLAIN_MODES = [name for name, spec in QUANT_MODES.items() if not spec.needs_qat and spec.strategy is strategies.plain]
 
 
 @pytest.fixture(scope="module")
 def converted(model, images):
-    """Every mode converted once; calibration on the first 16 images, the 17th kept for checks."""
+    """Every mode converted once (``model``, ``images``: conftest.py); calibration on the first 16 images,
+    the 17th kept for checks."""
     return {
         mode: convert(model, mode=mode, calibration_images=images[:16] if spec.needs_calibration else None)
         for mode, spec in QUANT_MODES.items()
@@ -173,8 +162,21 @@ def test_every_mode_carries_its_request_and_strategy():
     for name, spec in QUANT_MODES.items():
         assert isinstance(spec.request, ConverterRequest), name
         assert callable(spec.strategy), name
-    # Only the selective strategy takes float_layers, so only its row asks the search for a count.
-    assert [name for name, spec in QUANT_MODES.items() if spec.selective] == ["int8_selective"]
+    # Only the selective strategies take float_layers, so only their rows ask the search for a count.
+    assert [name for name, spec in QUANT_MODES.items() if spec.selective] == ["int8_selective", "int8_selective_heads"]
+    assert all(spec.strategy in (strategies.selective, strategies.selective_by_heads)
+               for spec in QUANT_MODES.values() if spec.selective)
+
+
+def test_a_row_that_says_one_thing_and_does_another_is_refused():
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match="keeps must be 'chosen' exactly when the strategy is selective"):
+        replace(QUANT_MODES["int8"], name="x", keeps="chosen")
+    with pytest.raises(ValueError, match="strategy must be recipe for keeps='heads'"):
+        replace(QUANT_MODES["int8"], name="x", keeps="heads")
+    with pytest.raises(ValueError, match="ranges must be one of minmax, percentile, but got 'mse'"):
+        replace(QUANT_MODES["int8_float_heads"], name="x", ranges="mse")
 
 
 def test_importing_the_package_imports_neither_tensorflow_nor_the_tflite_schema():

@@ -5,7 +5,8 @@
 and ``filters`` of the conv before it rewritten) and the trial's resolution; ``heads``, the
 convs that stay dense and the channel splits are read from its ``[yolo]`` and ``[route]``
 sections; ``architecture`` is the cfg text that rebuilds a model (its widths read from the model,
-so a thinner network is just another cfg); ``darknet_files`` writes a model back as cfg +
+so a thinner network is just another cfg); ``filter_clusters`` and ``thin`` are filter pruning's
+seam (``search.models.darknet.filters``); ``darknet_files`` writes a model back as cfg +
 weights. ``with_cfg(path)`` gives the same family made from another cfg file.
 
 TensorFlow-free at import; ``build`` and ``from_architecture`` import the builder when called.
@@ -112,6 +113,16 @@ def darknet_family(template: Cfg, *, name: str, display_name: str, description: 
         checked = _checked_architecture(name, architecture)
         return build_model(checked, resolution=resolution, name=str(architecture.get("name", keras_name)))
 
+    def filter_clusters(model, scores):
+        from search.models.darknet.filters import filter_clusters as clusters
+
+        return clusters(read_network(model_cfg(model, template)), scores)
+
+    def thin(model, removed):
+        from search.models.darknet.filters import thin_model
+
+        return thin_model(model, read_network(model_cfg(model, template)), removed)
+
     def darknet_files(model) -> tuple[str, bytes]:
         from search.models.darknet.weights import darknet_weights_bytes
 
@@ -125,8 +136,9 @@ def darknet_family(template: Cfg, *, name: str, display_name: str, description: 
     return ModelFamily(
         name=name, display_name=display_name, description=description, build=build,
         heads=lambda num_classes: network(num_classes).heads(),
-        dense_layers=lambda model: fixed.dense_layers, channel_split_layers=lambda model: fixed.split_layers,
-        architecture=architecture, from_architecture=from_architecture,
+        dense_layers=lambda model: fixed.dense_layers, head_layers=lambda model: fixed.head_layers,
+        channel_split_layers=lambda model: fixed.split_layers,
+        architecture=architecture, from_architecture=from_architecture, filter_clusters=filter_clusters, thin=thin,
         card=lambda num_classes: network(num_classes).heads().card(),
         check_files=_check_files, load_pretrained=_load_pretrained, darknet_files=darknet_files, with_cfg=with_cfg,
     )

@@ -289,9 +289,14 @@ class Network:
                          ignore_thresh=first.ignore_thresh, new_coords=first.new_coords)
 
     @property
-    def dense_layers(self) -> tuple[str, ...]:
-        """The convs feeding each ``[yolo]``: every output channel is a box value or class score."""
+    def head_layers(self) -> tuple[str, ...]:
+        """The convs feeding each ``[yolo]`` in cfg (output) order: the detection outputs."""
         return tuple(f"conv_{yolo.inputs[0]}" for yolo in self.of(Yolo))
+
+    @property
+    def dense_layers(self) -> tuple[str, ...]:
+        """The head convs: every output channel is a box value or class score, so none is pruned."""
+        return self.head_layers
 
     @property
     def split_layers(self) -> tuple[str, ...]:

@@ -1,0 +1,143 @@
+"""The latency reference: one fixed model every latency is measured against, and its latency per node.
+
+Absolute latency on a shared VM drifts 10-16% from one 3 s window to the next, for every model
+alike; alternating invokes of a trial's model and this reference and taking the median of the
+per-pair ratios repeats within ~1-2% (``search.timing.interleaved``). A trial's
+``latency_ms`` is that ratio times the reference's latency on the node, which is measured once per
+node, long, and kept on the node (``node_reference_latency``), so every trial on a node is scaled
+by the same number.
+
+The reference (``RECIPE``): the default family's network as its built-in cfg describes it, 80
+classes, 256 px, weights drawn from ``numpy.random.default_rng(RECIPE["seed"])`` (He-scaled normal
+kernels, identity BatchNorm), converted full-integer int8 (float I/O) calibrated on
+``RECIPE["calibration_images"]`` seeded uniform images. 256 px int8 runs 5-8 ms here: near the
+trials' own latencies, so it meets the same drift, and cheap enough to alternate with. The weights'
+values do not change latency; the bytes' sha256 is recorded with every measurement and on the card.
+
+The driver builds it once (``reference_model``, TensorFlow) and ships its bytes to every trial and
+device, so all nodes time the same file. Nothing here imports TensorFlow or LiteRT until called.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+
+from search.files import write_bytes_atomic, write_text_atomic
+from search.models import DEFAULT_FAMILY
+
+RECIPE = {"family": DEFAULT_FAMILY, "classes": 80, "resolution": 256, "mode": "int8", "seed": 0, "calibration_images": 4,
+          "version": 1}  # bump "version" when the way it is built changes: the cache keys follow
+NODE_CACHE = Path(tempfile.gettempdir()) / "yolo-search" / "latency"  # on each node: the reference and its latency
+
+
+def recipe_text() -> str:
+    """The recipe in one line, for the card and the README."""
+    r = RECIPE
+    return (f"{r['family']} as its built-in cfg ({r['classes']} classes) at {r['resolution']} px, seeded weights "
+            f"(seed {r['seed']}), {r['mode']} calibrated on {r['calibration_images']} seeded images")
+
+
+def _seeded_weights(model, seed: int) -> None:
+    """Give every layer weights drawn from one seeded generator: the same bytes on every machine,
+    whatever the framework's own initialisers do. Kernels He-scaled so activations stay finite."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        values = []
+        for weight in layer.weights:
+            shape, name = tuple(weight.shape), weight.name.lower()
+            if len(shape) > 1:
+                fan_in = int(np.prod(shape[:-1]))
+                values.append(rng.normal(0.0, (2.0 / fan_in) ** 0.5, shape).astype(np.float32))
+            elif "gamma" in name or "variance" in name:
+                values.append(np.ones(shape, np.float32))
+            else:
+                values.append(np.zeros(shape, np.float32))
+        if values:
+            layer.set_weights(values)
+
+
+def build_reference() -> bytes:
+    """The reference ``.tflite`` built from ``RECIPE`` (TensorFlow: seconds)."""
+    import numpy as np
+
+    from search.models import get_family
+    from search.quantize import convert
+
+    r = RECIPE
+    model = get_family(r["family"]).build(num_classes=r["classes"], resolution=r["resolution"])
+    _seeded_weights(model, r["seed"])
+    size = r["resolution"]
+    images = np.random.default_rng(r["seed"]).random((r["calibration_images"], size, size, 3), dtype=np.float32)
+    return convert(model, mode=r["mode"], calibration_images=images).content
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "none"
+
+
+def reference_model(cache_dir: Path | None = None) -> bytes:
+    """The reference's bytes, built once per recipe and TensorFlow version and kept in ``cache_dir``
+    (default ``NODE_CACHE``)."""
+    key = hashlib.sha256(json.dumps([RECIPE, _version("tensorflow")], sort_keys=True).encode()).hexdigest()[:16]
+    path = Path(cache_dir or NODE_CACHE) / f"reference-{key}.tflite"
+    if path.exists():
+        return path.read_bytes()
+    content = build_reference()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(path, content)
+    return content
+
+
+@dataclass(frozen=True)
+class ReferenceLatency:
+    """The reference's latency on one node: what a ratio is multiplied by."""
+
+    sha256: str  # of the reference's bytes
+    median_ms: float  # over the quieter half of a long timed phase (search.timing.absolute)
+    p90_ms: float
+    spread: float
+    runs: int
+    seconds: float
+    num_threads: int
+    cpus: str
+    litert: str  # the ai-edge-litert version that timed it
+    measured_at: float  # epoch seconds
+    cache: str  # "hit" (read from the node's cache) or "miss" (measured now)
+
+
+def node_reference_latency(reference: bytes, *, num_threads: int, seconds: float,
+                           cache_dir: Path | None = None) -> ReferenceLatency:
+    """The reference's latency on this node, measured once for ``seconds`` and kept in ``cache_dir``
+    (default ``NODE_CACHE``) under the reference's hash, the thread count, the LiteRT version and
+    ``seconds``.
+
+    The caller holds the node alone (a latency measurement's lock), so a second trial waiting for
+    it finds the first one's measurement here.
+    """
+    from search.timing.absolute import measure_latency
+
+    sha = hashlib.sha256(reference).hexdigest()
+    litert = _version("ai-edge-litert")
+    path = Path(cache_dir or NODE_CACHE) / f"reference-latency-{sha[:16]}-t{num_threads}-litert{litert}-{seconds:g}s.json"
+    try:
+        return ReferenceLatency(**{**json.loads(path.read_text()), "cache": "hit"})
+    except (OSError, ValueError, TypeError):
+        pass  # not measured on this node yet (or an unreadable leftover): measure it now
+    stats = measure_latency(reference, num_threads=num_threads, warmup=10, min_runs=50, min_seconds=seconds,
+                            max_seconds=seconds * 1.5)
+    measured = ReferenceLatency(sha, stats.median_ms, stats.p90_ms, stats.spread, stats.runs, stats.seconds,
+                                num_threads, stats.cpus, litert, round(time.time(), 3), "miss")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(asdict(measured)))
+    return measured

@@ -1,0 +1,86 @@
+"""Drift-free latency: the model's invokes alternate with a fixed reference's, and the reported
+latency is the median per-pair ratio times the reference's latency on the node (measured once,
+kept on the node). Stability itself is the benchmark's (benchmarks/latency_stability.py), not a
+timed assertion here: these check the direction and rough size of ratios and the bookkeeping."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from search.timing import reference
+from search.timing.interleaved import measure_interleaved
+from search.quantize import convert
+from tests.helpers import tiny_model
+
+
+@pytest.fixture(scope="module")
+def small_and_large():
+    """The same network (same seeded weights) at 64 and 128 px, float32: 4x the MACs."""
+    return (convert(tiny_model(resolution=64), mode="float32").content,
+            convert(tiny_model(resolution=128), mode="float32").content)
+
+
+@pytest.fixture
+def node_cache(tmp_path, monkeypatch):
+    """The node's latency cache in a folder of the test's own (not the machine's /tmp/yolo-search)."""
+    monkeypatch.setattr(reference, "NODE_CACHE", tmp_path / "latency")
+    return tmp_path / "latency"
+
+
+def test_the_ratio_says_which_model_is_slower_and_by_about_how_much(small_and_large):
+    small, large = small_and_large
+    up = measure_interleaved(large, small, warmup=2, min_runs=20, min_seconds=1.0, max_seconds=5.0)
+    down = measure_interleaved(small, large, warmup=2, min_runs=20, min_seconds=1.0, max_seconds=5.0)
+    # 4x the multiply-accumulates; fixed per-invoke costs make it a little less at these sizes.
+    assert 2.0 < up.ratio < 6.0, up
+    assert 1 / 6.0 < down.ratio < 1 / 2.0, down
+    assert up.ratio * down.ratio == pytest.approx(1.0, rel=0.25)  # the same pairs seen from both sides
+    assert up.ratio_p90 >= up.ratio and up.pairs >= 20 and up.seconds >= 1.0
+    assert up.median_ms > up.reference_median_ms  # the raw medians agree with the ratio's direction
+
+
+def test_interleaved_refuses_meaningless_settings(small_and_large):
+    with pytest.raises(ValueError, match="min_seconds <= max_seconds"):
+        measure_interleaved(*small_and_large, min_seconds=5.0, max_seconds=1.0)
+
+
+def test_the_reference_latency_is_measured_once_per_node_and_kept(small_and_large, node_cache):
+    small, _ = small_and_large
+    first = reference.node_reference_latency(small, num_threads=1, seconds=0.5)
+    again = reference.node_reference_latency(small, num_threads=1, seconds=0.5)
+    assert (first.cache, again.cache) == ("miss", "hit")
+    assert again.median_ms == first.median_ms and first.sha256 == hashlib.sha256(small).hexdigest()
+    assert first.seconds >= 0.5 and first.litert not in ("", "none")
+    # Another thread count is another number: measured anew, in a file of its own.
+    assert reference.node_reference_latency(small, num_threads=2, seconds=0.5).cache == "miss"
+    assert len(list(node_cache.glob("reference-latency-*.json"))) == 2
+
+
+def test_a_trial_reports_ratio_times_the_nodes_reference(small_and_large, node_cache):
+    from search.objectives import Artifact, MeasureContext
+    from search.objectives.latency import MEASUREMENT
+    from search.space import MeasureSpec
+
+    small, large = small_and_large
+    spec = MeasureSpec(latency_warmup=2, latency_min_runs=10, latency_min_seconds=0.5, latency_max_seconds=3.0,
+                       latency_reference_seconds=0.5)
+    context = MeasureContext(dataset=None, measure=spec, preprocessing="stretch", heads=None, num_threads=1,
+                             reference=small)
+    values = MEASUREMENT.measure(Artifact(content=large, model=None, resolution=128, mode="float32"), context)
+    assert set(values) == set(MEASUREMENT.columns)
+    assert values["latency_ms"] == pytest.approx(values["latency_ref_ratio"] * values["latency_ref_ms"])
+    assert values["latency_ref_ratio"] > 2.0 and values["latency_p90_ms"] >= values["latency_ms"]
+    assert values["latency_ref_sha256"] == hashlib.sha256(small).hexdigest()
+    assert values["latency_raw_ms"] > values["latency_ref_window_ms"]
+    assert "pairs of invokes" in MEASUREMENT.how(spec, values)
+
+
+@pytest.mark.slow
+def test_the_reference_is_built_the_same_every_time(tmp_path):
+    # Every node must time the same file; the driver ships its bytes, and a rebuild (another run,
+    # another machine with the same packages) must give the same ones for the node caches to agree.
+    built = reference.build_reference()
+    assert reference.build_reference() == built
+    assert reference.reference_model(tmp_path) == built and reference.reference_model(tmp_path) == built
