@@ -157,7 +157,7 @@ def parse_args(argv):
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--min-runs", type=int, default=20)
-    parser.add_argument("--min-seconds", type=float, default=3.0, help="each measurement at least this long (as the spaces)")
+    parser.add_argument("--min-seconds", type=float, default=6.0, help="each measurement at least this long (as the spaces)")
     parser.add_argument("--max-seconds", type=float, default=10.0)
     parser.add_argument("--reference-seconds", type=float, default=20.0, help="the reference's one long measurement per node")
     args = parser.parse_args(argv)

@@ -112,11 +112,12 @@ def _ask(space, seed: int) -> dict:
 
 def test_define_by_run_asks_conditional_parameters_only_when_they_act():
     space = load_space(ROOT / "spaces" / "yolov4_tiny.yaml")
-    seen_modes, seen_schedules = set(), set()
+    seen_modes, seen_schedules, seen_structures = set(), set(), set()
     for seed in range(60):
         params = _ask(space, seed)
         seen_modes.add(params["quantization"])
         seen_schedules.add(params["pruning_schedule"])
+        seen_structures.add(params.get("pruning_structure"))
         assert params["resolution"] % 32 == 0
         calibrates = QUANT_MODES[params["quantization"]].needs_calibration
         assert ("calibration_size" in params) == calibrates, params
@@ -128,10 +129,11 @@ def test_define_by_run_asks_conditional_parameters_only_when_they_act():
     assert QUANT_MODES["int8"].needs_calibration and not QUANT_MODES["float32"].needs_calibration
     assert seen_modes == set(space.search.quantization.values)
     assert seen_schedules == {"none", "polynomial_decay"}
+    assert seen_structures == {None, "unstructured", "filters"}  # the default space offers filter pruning
 
 
 def test_fixed_dimension_is_a_constant_not_a_parameter():
-    space = load_space(ROOT / "spaces" / "yolov4_tiny.yaml")
+    space = load_space(ROOT / "spaces" / "yolov4_tiny.yaml", ("search.pruning.structure=unstructured",))
     for seed in range(20):
         study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=seed))
         trial = study.ask()
