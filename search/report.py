@@ -39,7 +39,7 @@ def _fmt(name: str, value: Any) -> str:
     return str(value)
 
 
-PARAM_COLUMNS = ("resolution", "pruning_schedule", "target_sparsity", "quantization", "calibration_size")
+PARAM_COLUMNS = ("resolution", "pruning_schedule", "target_sparsity", "pruning_structure", "quantization", "calibration_size")
 BASE_MARK, EXPORTED_MARK = "base", "*"
 
 
