@@ -167,10 +167,27 @@ def _error_report_or_why(record: TrialRecord, context: TrialContext, path: Path,
     return why
 
 
+EXPORT_DIR = "export"  # in the run directory
+
+
+def set_aside_export(run_dir: Path) -> Path | None:
+    """Move an earlier export out of the way (``export.before-resume-<n>``), kept whole, before a
+    resumed run that measured its trials again exports anew; None when there is none."""
+    final = run_dir / EXPORT_DIR
+    if not final.exists():
+        return None
+    count = 1
+    while (run_dir / f"{EXPORT_DIR}.before-resume-{count}").exists():
+        count += 1
+    aside = run_dir / f"{EXPORT_DIR}.before-resume-{count}"
+    final.rename(aside)  # one rename: the earlier export is never half moved
+    return aside
+
+
 def export_trial(record: TrialRecord, context: TrialContext, run_dir: Path, *, base: dict[str, Any], why: str = "",
                  echo=print) -> Path:
     """Copy the trial's model, write its error report and card into ``run_dir/export``; returns that folder."""
-    final = run_dir / "export"
+    final = run_dir / EXPORT_DIR
     if final.exists():
         raise RunDirError(f"{final}: an export exists already; it is never overwritten")
     model = storage.read_bytes(record.model_path)  # the trial's file, in a folder or an object store

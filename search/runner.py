@@ -148,7 +148,8 @@ def resume_search(run_dir: Path, *, address: str | None = None, echo=print) -> S
     except (OSError, ValueError) as error:
         raise RunDirError(f"{run_dir}: not a run directory that can be resumed (no readable run.json: "
                           f"{getattr(error, 'strerror', None) or error})") from None
-    if info.get("status") == "finished":
+    finished = info.get("status") == "finished"
+    if finished and not _missed_a_target(run_dir):
         raise RunDirError(f"{run_dir}: finished already ({info.get('completed_trials')} completed trials); "
                           "nothing to resume (start a new run to search more)")
     space = load_space(info["space_file"], tuple(info.get("overrides", ())))
@@ -159,11 +160,13 @@ def resume_search(run_dir: Path, *, address: str | None = None, echo=print) -> S
 
     started = time.perf_counter()
     dataset = _load_data(space, echo)
-    echo(f"resume: {len(read_records(run_dir))} trials already finished in {run_dir}")
+    echo(f"resume: {len(read_records(run_dir))} trials already finished in {run_dir}"
+         + ("; the budget is spent: only the trials a device target missed are measured again" if finished else ""))
     info.update(status="running", ray_address=address or "embedded")
     info.setdefault("resumed", []).append(_now())
     write_run_json(run_dir, info)
-    return _search(space, dataset, info, run_dir=run_dir, address=address, echo=echo, started=started)
+    return _search(space, dataset, info, run_dir=run_dir, address=address, echo=echo, started=started,
+                   search_more=not finished)
 
 
 def _load_data(space: Space, echo):
@@ -194,9 +197,11 @@ def _base_model(space: Space, dataset, info: dict[str, Any], *, run_dir: Path, e
 
 
 def _run_trials(space: Space, context: TrialContext, *, artifacts: str, run_dir: Path, address: str | None,
-                info: dict[str, Any], baseline: TrialRecord, echo) -> tuple[float, TrialRecord]:
+                info: dict[str, Any], baseline: TrialRecord, echo, search_more: bool = True) -> tuple[float, TrialRecord]:
     """Start Ray, run (or continue) the trials to the budget, stop Ray; returns the search's seconds
-    and the baseline (measured on the device targets too, once Ray is up)."""
+    and the baseline (measured on the device targets too, once Ray is up). A resumed run first
+    measures again, on the device targets they missed, the trials it has; ``search_more`` False
+    (a finished run) stops there."""
     from search.tuner import TrialRecorder, can_resume_tuner, resume_tuner, run_tuner, start_ray, stop_ray
 
     echo(f"search: {space.budget.trials or 'unlimited'} trials, {space.budget.max_concurrent} at a time, "
@@ -206,37 +211,110 @@ def _run_trials(space: Space, context: TrialContext, *, artifacts: str, run_dir:
         start_ray(address)
         _check_every_node_sees(context, artifacts, run_dir=run_dir, info=info)
         baseline = _baseline_on_targets(space, context, baseline, run_dir=run_dir, echo=echo)
-        with _sigterm_stops_like_ctrl_c():
-            if can_resume_tuner(run_dir):
-                resume_tuner(context, artifacts_dir=artifacts, run_dir=run_dir)
-            else:  # a new run, or one killed before Tune saved anything
-                recorder = TrialRecorder(run_dir, budget=space.budget.trials, baseline=baseline, echo=echo)
-                run_tuner(space, context, artifacts_dir=artifacts, run_dir=run_dir, recorder=recorder)
+        _measure_missed_targets(space, context, baseline, artifacts=artifacts, run_dir=run_dir, echo=echo)
+        if search_more:  # a finished run resumed only to measure again has all its trials
+            with _sigterm_stops_like_ctrl_c():
+                if can_resume_tuner(run_dir):
+                    resume_tuner(context, artifacts_dir=artifacts, run_dir=run_dir)
+                else:  # a new run, or one killed before Tune saved anything
+                    recorder = TrialRecorder(run_dir, budget=space.budget.trials, baseline=baseline, echo=echo)
+                    run_tuner(space, context, artifacts_dir=artifacts, run_dir=run_dir, recorder=recorder)
     finally:
         stop_ray()
     return time.perf_counter() - started + info.get("search_seconds", 0.0), baseline
 
 
+def _targets_to_measure(record: TrialRecord, devices) -> list:
+    """The device targets ``record`` still needs: every one before its first try, then those that
+    left a reason instead of values (busy or gone)."""
+    from search.objectives.targets import column
+    from search.targets import unmeasured_targets
+
+    if not record.completed or not devices:
+        return []
+    if column("error", devices[0].name) not in record.metrics:
+        return list(devices)
+    return unmeasured_targets(record.metrics, devices)
+
+
+def _missed_a_target(run_dir: Path) -> bool:
+    """Whether a finished trial (or the baseline) of the run has a device target's reason instead
+    of its values (``error@<target>``): ``resume`` measures it there again."""
+    from search.objectives.targets import split
+
+    records = [*read_records(run_dir), read_baseline(run_dir)]
+    return any(split(name)[0] == "error" and split(name)[1] and value
+               for r in records if r is not None and r.completed for name, value in r.metrics.items())
+
+
+def _on_targets(record: TrialRecord, space: Space, context: TrialContext, *, echo) -> TrialRecord:
+    """``record`` with its model measured on the device targets it still needs."""
+    from search import storage
+    from search.targets import measure_on_targets
+
+    devices = _targets_to_measure(record, space.measure.devices)
+    if not devices:
+        return record
+    content = storage.read_bytes(record.model_path)
+    if content is None:
+        echo(f"  {record.trial_id}: its model {record.model_path} is gone from the storage; not measured")
+        return record
+    found = measure_on_targets(content, measure=space.measure, reference=context.latency_reference, echo=echo,
+                               devices=devices)
+    return replace(record, metrics={**record.metrics, **found})
+
+
 def _baseline_on_targets(space: Space, context: TrialContext, baseline: TrialRecord, *, run_dir: Path,
                          echo) -> TrialRecord:
     """The baseline's model measured on every device target (it was measured before Ray started),
-    so that each target's latency has a baseline too; a resumed run keeps what it measured."""
-    from search.objectives.targets import column
-    from search.targets import measure_on_targets
-
-    devices = space.measure.devices
-    if not baseline.completed or not devices or column("error", devices[0].name) in baseline.metrics:
+    so that each target's latency has a baseline too; a resumed run keeps what it measured and
+    measures again only where a device missed it."""
+    devices = _targets_to_measure(baseline, space.measure.devices)
+    if not devices:
         return baseline
     echo(f"baseline: measuring on {', '.join(t.name for t in devices)} ...")
-    found = measure_on_targets(Path(baseline.model_path).read_bytes(), measure=space.measure,
-                               reference=context.latency_reference, echo=echo)
-    baseline = replace(baseline, metrics={**baseline.metrics, **found})
+    baseline = _on_targets(baseline, space, context, echo=echo)
     write_records(run_dir, read_records(run_dir), baseline=baseline)
     return baseline
 
 
+def _measure_missed_targets(space: Space, context: TrialContext, baseline: TrialRecord, *, artifacts: str,
+                            run_dir: Path, echo) -> None:
+    """Each finished trial that a device target missed (busy or gone when it finished) measured
+    there again from its stored ``.tflite``, then judged again: with every objective it is
+    feasible as its values say. Optuna keeps its FAIL for such a trial (a finished trial's state
+    cannot change there); the record, the front and the export use the new values. Only a resumed
+    run has such trials."""
+    from search import storage
+    from search.baseline import judge
+    from search.tuner import RESULT, missing_is_infeasible
+
+    records = read_records(run_dir)
+    todo = [r for r in records if r.status != FAILED and _targets_to_measure(r, space.measure.devices)]
+    if not todo:
+        return
+    echo(f"resume: {len(todo)} trials missed a device target; measuring them there again ...")
+    again: dict[str, TrialRecord] = {}
+    for count, record in enumerate(todo, 1):
+        measured = _on_targets(record, space, context, echo=echo)
+        judged = missing_is_infeasible(judge(measured, baseline=baseline.metrics or None,
+                                             constraints=space.constraints), space)
+        again[record.trial_id] = judged
+        # After each trial, so a driver stopped meanwhile keeps what was measured.
+        write_records(run_dir, [again.get(r.trial_id, r) for r in records], baseline=baseline)
+        # Its result.json too: a trial Tune had not saved as finished is reported again from it.
+        location = storage.join(artifacts, record.trial_id, RESULT)
+        result = storage.read_bytes(location)
+        if result is not None:
+            storage.write_bytes(location, json.dumps({**json.loads(result), **{n: judged.metrics.get(n) for n in
+                                space.metric_names}, "record": judged.to_dict()}, default=str).encode())
+        missed = _targets_to_measure(judged, space.measure.devices)
+        echo(f"  [{count}/{len(todo)}] {record.trial_id}: "
+             + (f"still missing on {', '.join(t.name for t in missed)}" if missed else "measured on every target"))
+
+
 def _search(space: Space, dataset, info: dict[str, Any], *, run_dir: Path, address: str | None, echo,
-            started: float) -> SearchResult:
+            started: float, search_more: bool = True) -> SearchResult:
     """Base model and baseline, then the search (new or resumed) to its budget, then report and export."""
     from search import storage
     from search.files import file_sha256
@@ -252,7 +330,7 @@ def _search(space: Space, dataset, info: dict[str, Any], *, run_dir: Path, addre
     context = replace(context, baseline=baseline.metrics or None)
     info.setdefault("search_started_at", round(time.time(), 3))
     search_seconds, baseline = _run_trials(space, context, artifacts=artifacts, run_dir=run_dir, address=address,
-                                           info=info, baseline=baseline, echo=echo)
+                                           info=info, baseline=baseline, echo=echo, search_more=search_more)
     records = read_records(run_dir)  # the record on disk: this session's trials and earlier ones
     failed = sum(not r.completed for r in records)
     info.update(completed_trials=len(records) - failed, failed_trials=failed, search_seconds=round(search_seconds, 1))
@@ -337,7 +415,7 @@ def _hypervolume(space: Space, records, baseline: TrialRecord, info: dict[str, A
 
 def _report_and_export(space: Space, context: TrialContext, records, baseline: TrialRecord, *, run_dir: Path,
                        base: dict[str, Any], info: dict[str, Any], echo):
-    from search.export import export_trial
+    from search.export import export_trial, set_aside_export
     from search.report import write_report
     from search.study import load_study
 
@@ -350,6 +428,9 @@ def _report_and_export(space: Space, context: TrialContext, records, baseline: T
         write_report(front, space, run_dir, history=history, study=load_study(run_dir))
         exported = None
         if front.exported_record is not None:
+            aside = set_aside_export(run_dir)  # only a finished run resumed to measure again has one
+            if aside is not None:
+                echo(f"export: the earlier export is kept as {aside}")
             exported = export_trial(front.exported_record, context, run_dir, base=base, why=front.note, echo=echo)
     return front, exported
 

@@ -13,7 +13,8 @@ with the whole job, which would move every trial onto an uploaded copy of the co
 
 The wait is bounded (``measure.target_timeout_s``): a device that is busy for longer, or gone,
 leaves the target's values missing with the reason in ``error@<target>``; the trial is kept, and
-the search goes on.
+the search goes on. ``resume`` measures such a trial's model again on the targets it missed
+(``unmeasured_targets``), once the device is back.
 """
 
 from __future__ import annotations
@@ -39,10 +40,16 @@ def _suffixed(values: dict[str, Any], target: str) -> dict[str, Any]:
     return {**{column(k, target): v for k, v in values.items()}, column("error", target): ""}
 
 
-def measure_on_targets(content: bytes, *, measure, reference: bytes, echo=None) -> dict[str, Any]:
-    """Every device target's values for ``content``, suffixed ``@<target>``; a target that did not
-    answer within ``measure.target_timeout_s`` (or whose node was lost) gets only ``error@<target>``."""
-    devices = measure.devices
+def unmeasured_targets(metrics: dict[str, Any], devices) -> list:
+    """The device targets of ``devices`` that left a reason instead of values in ``metrics``."""
+    return [t for t in devices if metrics.get(column("error", t.name))]
+
+
+def measure_on_targets(content: bytes, *, measure, reference: bytes, echo=None, devices=None) -> dict[str, Any]:
+    """Every device target's values for ``content`` (of ``devices``, by default all of
+    ``measure.devices``), suffixed ``@<target>``; a target that did not answer within
+    ``measure.target_timeout_s`` (or whose node was lost) gets only ``error@<target>``."""
+    devices = measure.devices if devices is None else devices
     if not devices:
         return {}
     settings = {key: getattr(measure, key) for key in LATENCY_SETTINGS}

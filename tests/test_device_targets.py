@@ -2,9 +2,10 @@
 the second node joins as a user's device does, offering ``device:test`` and no CPUs, and measures
 every trial's model until it is killed mid-search.
 
-One search serves both tests, since a cluster and a search cost minutes on this machine: three
+One search serves the three tests, since a cluster and a search cost minutes on this machine: three
 trials one at a time, the device killed once the second has finished, so the first two are
-measured there and the third finds it gone. The nodes are tests/test_cluster.py's (``two_nodes``:
+measured there and the third finds it gone; the last test then resumes the finished run with the
+device back, which measures the third there (it changes the run: it stays last). The nodes are tests/test_cluster.py's (``two_nodes``:
 ``ray start --block`` in its own process group, ``RAY_AUTH_MODE=disabled``), never stopped with
 ``ray stop``.
 """
@@ -19,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from search.runner import run_search
+from search.errors import RunDirError
+from search.runner import resume_search, run_search
 from search.space import load_space
 from tests.test_cluster import _rows, two_nodes
 
@@ -120,3 +122,30 @@ def test_a_device_lost_mid_search_costs_only_its_measurements(search_losing_its_
     assert all("device:test" in r["error@test"] for r in lost)  # the reason names the device
     assert all(float(r["latency_ms"]) > 0 and r["map50"] != "" and r["feasible"] == "False" for r in lost)
     assert json.loads((search.run_dir / "run.json").read_text())["status"] == "finished"
+
+
+def test_resume_measures_again_what_the_lost_device_missed(search_losing_its_device, tmp_path, monkeypatch):
+    search = search_losing_its_device
+    before = {r["trial_id"]: r for r in search.rows}
+    lost = [r["trial_id"] for r in search.rows[MEASURED:]]
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    lines: list[str] = []
+    with two_nodes(tmp_path, *DEVICE) as nodes:  # the device is back (a new node, with a new head)
+        started = time.perf_counter()
+        resume_search(search.run_dir, address=nodes.address, echo=lines.append)
+        print(f"resume, measuring {len(lost)} trial again on the device: {time.perf_counter() - started:.0f}s wall")
+    rows = {r["trial_id"]: r for r in _rows(search.run_dir)}
+    assert set(rows) == set(before), lines[-20:]  # the budget was spent: no trial added, none lost
+    for trial_id in lost:  # measured there now, and rankable again
+        row = rows[trial_id]
+        assert row["error@test"] == "" and float(row["latency_ms@test"]) > 0 and row["node@test"], lines[-20:]
+        assert row["feasible"] != "False" and row["map50"] == before[trial_id]["map50"]
+    for trial_id in set(before) - set(lost):  # what the device had measured stays as it was
+        assert rows[trial_id]["latency_ms@test"] == before[trial_id]["latency_ms@test"]
+    run = json.loads((search.run_dir / "run.json").read_text())
+    assert run["status"] == "finished" and len(run["resumed"]) == 1
+    # the export is made again from the complete record; the earlier one is kept whole
+    assert (search.run_dir / "export.before-resume-1" / "model.json").exists()
+    assert (search.run_dir / "export" / "model.json").exists()
+    with pytest.raises(RunDirError, match="nothing to resume"):  # now every trial has every target
+        resume_search(search.run_dir)
