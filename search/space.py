@@ -202,9 +202,10 @@ class SearchDimensions:
     quantization: Dimension
     calibration_size: Dimension
     float_layers: Dimension
-    # Also convert pruned weights with TFLite's sparse tensor encoding and keep the smaller file. On
-    # by default: at 50% (unstructured or 2:4) it cut float32 files 29% and float16 10% at 416 px
-    # for no latency (README, "Sparse tensor encoding"); int8 files grow, so they stay dense.
+    # Also convert pruned weights with TFLite's sparse tensor encoding and keep the smaller file
+    # (if LiteRT loads it). On by default: at 50% (unstructured or 2:4) it cut float32 files 29% and
+    # float16 10% at 416 px for the same latency (README, "Sparse tensor encoding"); int8 files grow
+    # at 50%, so they stay dense, and shrink at 90%.
     sparse_encoding: bool = True
 
     def all(self) -> tuple[Dimension, ...]:

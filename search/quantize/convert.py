@@ -8,7 +8,8 @@ With ``sparse_encoding`` the model is converted a second time with TFLite's spar
 encoding (``Optimize.EXPERIMENTAL_SPARSITY``) and the smaller of the two audited files is kept:
 the encoding stores a pruned kernel's non-zeros and their indices, which pays where a weight is
 wider than its index (float32, float16: measured in the README) and costs where it is not (int8
-weights with 50% zeros grow by ~30%), so the bytes decide, not the mode's name.
+weights with 50% zeros grow by ~30%), so the bytes decide, not the mode's name; a sparse file
+LiteRT cannot prepare (XNNPACK refuses dynamic-range convs with sparse int8 kernels) is never kept.
 """
 
 from __future__ import annotations
@@ -93,8 +94,9 @@ def convert(
         sparse = _convert_once(model, spec=spec, images=images, int8_io=int8_io, resolution=resolution,
                                float_layers=float_layers, heads=heads, sparse=True)
         dense = made
-        # The sparse file only when it holds sparse tensors and is smaller: a tie keeps dense.
-        if sparse.encoding == "sparse" and len(sparse.content) < len(dense.content):
+        # The sparse file only when it holds sparse tensors, is smaller (a tie keeps dense) and
+        # LiteRT can run it: XNNPACK refuses a dynamic-range conv whose int8 kernel is sparse.
+        if sparse.encoding == "sparse" and len(sparse.content) < len(dense.content) and _loads(sparse.content):
             made = sparse
         other_bytes = len((sparse if made is dense else dense).content)
         made = replace(made, calibration_seconds=dense.calibration_seconds + sparse.calibration_seconds)
@@ -134,6 +136,17 @@ def _convert_once(model, *, spec: QuantMode, images, int8_io: bool, resolution: 
         convert_seconds=0.0,  # set by convert
         encoding="sparse" if checked.sparse_tensors else "dense",
     )
+
+
+def _loads(content: bytes) -> bool:
+    """Whether the LiteRT interpreter (with its default XNNPACK delegate) prepares ``content``."""
+    from search.tflite_model import load_interpreter
+
+    try:
+        load_interpreter(content)
+    except RuntimeError:  # "failed to delegate CONV_2D node ...": the delegate cannot take the op as stored
+        return False
+    return True
 
 
 def _check_arguments(model, *, spec: QuantMode, int8_io: bool, float_layers: int) -> int:

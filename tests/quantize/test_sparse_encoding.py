@@ -118,3 +118,27 @@ def test_the_trial_tries_the_encoding_when_the_space_asks_and_pruning_zeroed_wei
     made = convert_stage(pruned["unstructured"], params, SimpleNamespace(space=space), zeroed_weights=zeroed)
     assert made.encoding == encoding
     assert (made.other_encoding_bytes is not None) == (setting and zeroed)  # the record says what was compared
+
+
+@pytest.fixture(scope="module")
+def pruned_90(model):
+    """90% unstructured: sparse enough for int8 kernels' indices to pay for themselves."""
+    return prune_at_once(model, PruningSpec(schedule="constant", target_sparsity=0.9),
+                         dense_layers=FAMILY.dense_layers(model))
+
+
+def test_at_high_sparsity_int8_files_shrink_and_run_the_same(pruned_90, images):
+    dense = _convert(pruned_90, "int8", images)
+    sparse = _convert(pruned_90, "int8", images, sparse_encoding=True)
+    assert sparse.encoding == "sparse" and len(sparse.content) < 0.5 * len(dense.content)
+    image = images[CALIBRATION_IMAGES]
+    for got, want in zip(_outputs(sparse.content, image), _outputs(dense.content, image), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_smaller_sparse_file_that_litert_cannot_prepare_is_not_kept(pruned_90, images):
+    # XNNPACK refuses dynamic-range convs whose int8 kernels are sparse ("failed to delegate CONV_2D").
+    tried = _convert(pruned_90, "dynamic_range", images, sparse_encoding=True)
+    assert tried.other_encoding_bytes < 0.5 * len(tried.content)  # the sparse file was much smaller ...
+    assert tried.encoding == "dense"  # ... and refused
+    TFLiteDetector(tried.content)(images[CALIBRATION_IMAGES])
