@@ -41,8 +41,9 @@ class ConvertedModel:
     calibration_seconds: float  # part of convert_seconds spent running the calibration images
     convert_seconds: float  # wall time of the whole conversion, calibration included
     encoding: str = "dense"  # which flatbuffer was kept: "dense", or "sparse" (TFLite's sparse tensors)
-    # sparse_encoding: the size of the flatbuffer that was not kept (None: only one was made)
+    # sparse_encoding: the size of the flatbuffer that was not kept (None: only one was made), and why
     other_encoding_bytes: int | None = None
+    encoding_reason: str = ""
 
     def summary(self) -> str:
         """The audit's line, and which encoding was kept when both were made (trials.csv's ``audit``)."""
@@ -50,7 +51,7 @@ class ConvertedModel:
             return self.audit.summary()
         other = "dense" if self.encoding == "sparse" else "sparse"
         return (f"{self.audit.summary()}; kept {self.encoding} encoding: {len(self.content)} B "
-                f"({other} {self.other_encoding_bytes} B)")
+                f"({other} {self.other_encoding_bytes} B: {self.encoding_reason})")
 
 
 def convert(
@@ -94,14 +95,25 @@ def convert(
         sparse = _convert_once(model, spec=spec, images=images, int8_io=int8_io, resolution=resolution,
                                float_layers=float_layers, heads=heads, sparse=True)
         dense = made
-        # The sparse file only when it holds sparse tensors, is smaller (a tie keeps dense) and
-        # LiteRT can run it: XNNPACK refuses a dynamic-range conv whose int8 kernel is sparse.
-        if sparse.encoding == "sparse" and len(sparse.content) < len(dense.content) and _loads(sparse.content):
-            made = sparse
+        made, reason = _smaller_loadable(dense, sparse)
         other_bytes = len((sparse if made is dense else dense).content)
-        made = replace(made, calibration_seconds=dense.calibration_seconds + sparse.calibration_seconds)
+        made = replace(made, calibration_seconds=dense.calibration_seconds + sparse.calibration_seconds,
+                       encoding_reason=reason)
     return replace(made, calibration_size=0 if images is None else len(images),
                    convert_seconds=time.perf_counter() - start, other_encoding_bytes=other_bytes)
+
+
+def _smaller_loadable(dense: ConvertedModel, sparse: ConvertedModel) -> tuple[ConvertedModel, str]:
+    """The sparse file when it holds sparse tensors, is smaller (a tie keeps dense) and LiteRT can
+    prepare it (XNNPACK refuses a dynamic-range conv whose int8 kernel is sparse); else the dense
+    one. With the reason, for the record."""
+    if sparse.encoding != "sparse":
+        return dense, "the converter stored no tensor sparse"
+    if len(sparse.content) >= len(dense.content):
+        return dense, "not smaller"
+    if not _loads(sparse.content):
+        return dense, "LiteRT cannot prepare the sparse file"
+    return sparse, "smaller"
 
 
 def _convert_once(model, *, spec: QuantMode, images, int8_io: bool, resolution: int, float_layers: int, heads,
