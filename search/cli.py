@@ -54,6 +54,7 @@ def validate_command(args: argparse.Namespace) -> int:
 
     classes = check_model_files(space)  # header and size of Darknet files; no model is built
     dims = ", ".join(f"{d.name}={_describe(d)}" for d in space.search.all())
+    dims += f", sparse_encoding={str(space.search.sparse_encoding).lower()}"
     print(f"{space.path}: valid. search: {dims}; objectives: "
           f"{', '.join(f'{o.name} ({o.direction})' for o in space.objectives)}; budget: {space.budget.trials} trials"
           + (f"; model: {space.model.cfg} ({classes} classes)" if classes else ""))

@@ -1,6 +1,7 @@
 """Magnitude pruning of a detector's convolutions with TFMOT, fitted to a short fine-tune.
 
-``prune`` returns a wrapped clone, ``strip`` removes the wrappers, ``measured_sparsity`` counts
+``prune`` returns a wrapped clone, ``strip`` removes the wrappers, ``prune_at_once`` zeroes the
+weights without training, ``measured_sparsity`` counts
 the zeros that are really there, and ``prune_and_fine_tune`` does all three around ``train``
 (or, for the ``filters`` structure, which TFMOT cannot express, removes filters with
 ``search.prune_filters`` and returns a thinner network).
@@ -83,6 +84,36 @@ def prune(model: keras.Model, spec: PruningSpec, *, steps: int, dense_layers: Se
     clone = keras.models.clone_model(model, clone_function=clone_layer)
     copy_weights(model, clone)
     return clone
+
+
+def prune_at_once(model: keras.Model, spec: PruningSpec, *, dense_layers: Sequence[str]) -> keras.Model:
+    """A stripped clone of ``model`` with ``spec``'s final sparsity reached in one TFMOT mask update,
+    no training: the smallest magnitudes (of every four, for 2:4) zeroed in the convs ``prune``
+    would wrap. What a file's bytes and latency depend on, without a fine-tune's minutes (the
+    benchmarks and tests of the sparse encoding); ``prune_and_fine_tune`` is how a trial prunes."""
+    from search.compat import tfmot
+
+    if not spec.prunes or spec.removes_filters:
+        raise ValueError(f"prune_at_once zeroes weights, so it needs a pruning schedule and structure "
+                         f"'unstructured' or '2:4', but got {spec.schedule!r} and {spec.structure!r}.")
+    schedule = tfmot.sparsity.keras.ConstantSparsity(spec.sparsity, begin_step=0, frequency=1)
+    m_by_n = STRUCTURES[spec.structure].m_by_n
+
+    def clone_layer(layer):
+        fresh = layer.__class__.from_config(layer.get_config())
+        if is_pruned_layer(layer, dense_layers=dense_layers):
+            return tfmot.sparsity.keras.prune_low_magnitude(fresh, pruning_schedule=schedule, sparsity_m_by_n=m_by_n)
+        return fresh
+
+    clone = keras.models.clone_model(model, clone_function=clone_layer)
+    copy_weights(model, clone)
+    for layer in clone.layers:
+        if hasattr(layer, "pruning_obj"):
+            # Step 1 is when TFMOT sets m-by-n masks, and ConstantSparsity(begin_step=0) masks every step.
+            layer.pruning_step.assign(1)
+            layer.pruning_obj.conditional_mask_update()
+            layer.pruning_obj.weight_mask_op()
+    return strip(clone)
 
 
 def strip(model: keras.Model) -> keras.Model:

@@ -202,6 +202,11 @@ class SearchDimensions:
     quantization: Dimension
     calibration_size: Dimension
     float_layers: Dimension
+    # Also convert pruned weights with TFLite's sparse tensor encoding and keep the smaller file
+    # (if LiteRT loads it). On by default: at 50% (unstructured or 2:4) it cut float32 files 29% and
+    # float16 10% at 416 px for the same latency (README, "Sparse tensor encoding"); int8 files grow
+    # at 50%, so they stay dense, and shrink at 90%.
+    sparse_encoding: bool = True
 
     def all(self) -> tuple[Dimension, ...]:
         return (self.resolution, self.pruning_schedule, self.target_sparsity, self.pruning_structure, self.quantization,
@@ -455,23 +460,25 @@ def _parse_search(s: Section) -> SearchDimensions:
     resolution = _dimension(s, "resolution", name="resolution", value_kind=int, check=_resolution_problem, default=None)
     if resolution.kind == "int" and (resolution.step or 1) % 32:
         s.fail("resolution.step", f"must be a multiple of 32, but got {resolution.step}")
-    schedule, sparsity, structure = _parse_pruning(s.section("pruning"))
+    schedule, sparsity, structure, sparse_encoding = _parse_pruning(s.section("pruning"))
     quantization = _dimension(s, "quantization", name="quantization", names=QUANT_MODES, default=None)
     calibration = _dimension(s, "calibration_size", name="calibration_size", value_kind=int,
                              check=lambda v: None if v >= 1 else "must be >= 1 image", default=64)
     float_layers = _dimension(s, "float_layers", name="float_layers", value_kind=int,
                               check=lambda v: None if v >= 1 else "must be >= 1 layer", default=4)
     s.finish()
-    return SearchDimensions(resolution, schedule, sparsity, structure, quantization, calibration, float_layers)
+    return SearchDimensions(resolution, schedule, sparsity, structure, quantization, calibration, float_layers,
+                            sparse_encoding)
 
 
-def _parse_pruning(p: Section) -> tuple[Dimension, Dimension, Dimension]:
+def _parse_pruning(p: Section) -> tuple[Dimension, Dimension, Dimension, bool]:
     schedule = _dimension(p, "schedule", name="pruning_schedule", names=SCHEDULES, default="none")
     sparsity = _dimension(p, "target_sparsity", name="target_sparsity", value_kind=float,
                           check=lambda v: None if 0.0 < v < 1.0 else "must be fractions with 0 < sparsity < 1", default=0.5)
     structure = _dimension(p, "structure", name="pruning_structure", names=STRUCTURES, default="unstructured")
+    sparse_encoding = p.boolean("sparse_encoding", SearchDimensions.sparse_encoding)
     p.finish()
-    return schedule, sparsity, structure
+    return schedule, sparsity, structure, sparse_encoding
 
 
 def _parse_objectives(top: Section, table: dict[str, Objective]) -> tuple[ObjectiveSpec, ...]:

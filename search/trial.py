@@ -123,7 +123,8 @@ def run_trial(params: TrialParams, context: TrialContext, *, out_dir: Path, guar
         # a thinner network's sparsity is the filters it lost, which QAT cannot bring back
         sparsity = sparsity if tuned.removed_filters else zeros
     # 3, 4. Convert, and measure the converted model.
-    made = _convert_and_measure(model, params, context, out_dir=out_dir, guard=guard, timer=timer)
+    made = _convert_and_measure(model, params, context, out_dir=out_dir, guard=guard, timer=timer,
+                                zeroed_weights=tuned.prunes)
     return replace(made, sparsity=sparsity, stage_cache=tuned.cache, stage_wait_s=tuned.wait_s, stage_key=tuned.key)
 
 
@@ -143,10 +144,11 @@ def run_baseline(context: TrialContext, *, resolution: int, out_dir: Path, guard
     return _convert_and_measure(model, params, context, out_dir=out_dir, guard=guard, timer=timer)
 
 
-def _convert_and_measure(model, params: TrialParams, context: TrialContext, *, out_dir: Path, guard, timer) -> TrialResult:
-    # 3. Convert to TFLite in the trial's mode (audited).
+def _convert_and_measure(model, params: TrialParams, context: TrialContext, *, out_dir: Path, guard, timer,
+                         zeroed_weights: bool = False) -> TrialResult:
+    # 3. Convert to TFLite in the trial's mode (audited; pruned weights also sparse-encoded, the smaller kept).
     with guard(), timer("convert"):
-        converted = convert(model, params, context)
+        converted = convert(model, params, context, zeroed_weights=zeroed_weights)
         model_file = Path(out_dir) / MODEL_FILE
         model_file.write_bytes(converted.content)
     # 4. Measure the converted model by every measurement the space needs.
@@ -154,6 +156,6 @@ def _convert_and_measure(model, params: TrialParams, context: TrialContext, *, o
     metrics, lock_wait = measure(artifact, context.measure_context(), context.space.trial_measured_names, guard=guard,
                                  timer=timer)
     return TrialResult(
-        params, metrics, 0.0, converted.audit.summary(), tuple(converted.float_layers),
+        params, metrics, 0.0, converted.summary(), tuple(converted.float_layers),
         round(converted.calibration_seconds or 0.0, 3), "", 0.0, "", lock_wait, timer.seconds, model_file,
     )

@@ -20,6 +20,7 @@ def test_validate_ok():
     done = search("validate", str(SMOKE))
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"{SMOKE}: valid.")
+    assert ", sparse_encoding=true;" in done.stdout  # a setting that changes the artifact is shown
 
 
 def test_user_error_is_one_pinned_line_and_exit_2(tmp_path):

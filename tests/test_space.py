@@ -77,6 +77,7 @@ def test_bad_key_message_is_pinned(tmp_path):
         (lambda r: r.setdefault("storage", {}).update(path="ftp://host/search"), "storage.path: must be a folder every node mounts at the same path, or an object store URI (s3://, gs://, gcs://, hdfs://, viewfs://), but got 'ftp://host/search'"),
         (lambda r: r.setdefault("storage", {}).update(path="s3://"), "storage.path: must name a bucket (e.g. s3://my-bucket/search), but got 's3://'"),
         (lambda r: r["measure"].update(latency_min_seconds=20), "measure.latency_min_seconds: must be <= latency_max_seconds (2), but got 20"),
+        (lambda r: r["search"]["pruning"].update(sparse_encoding="yes"), "search.pruning.sparse_encoding: must be true or false, but got 'yes'"),
     ],
 )
 def test_bad_values_name_file_key_allowed_and_given(tmp_path, edit, expected):
@@ -94,6 +95,12 @@ def test_malformed_yaml_names_the_line(tmp_path):
 
 def test_missing_file(tmp_path):
     assert error_of(tmp_path / "nope.yaml") == f"{tmp_path / 'nope.yaml'}: no such space file"
+
+
+def test_sparse_encoding_is_on_unless_the_space_turns_it_off():
+    path = ROOT / "spaces" / "smoke.yaml"
+    assert load_space(path).search.sparse_encoding is True
+    assert load_space(path, ("search.pruning.sparse_encoding=false",)).search.sparse_encoding is False
 
 
 def test_overrides_apply_and_are_validated(tmp_path):

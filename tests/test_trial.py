@@ -81,8 +81,10 @@ def test_pruned_trial_reaches_its_sparsity_and_gzips_smaller(context, tmp_path):
     )
     assert dense.sparsity < 0.01
     assert abs(pruned.sparsity - 0.6) < 0.02
-    # Unstructured zeros do not shrink the flatbuffer, but they do compress.
-    assert abs(pruned.metrics["size_bytes"] - dense.metrics["size_bytes"]) / dense.metrics["size_bytes"] < 0.01
+    # Unstructured zeros shrink a float32 file only in TFLite's sparse encoding (search.pruning.sparse_encoding,
+    # on by default), which the record names; either way they compress.
+    assert pruned.metrics["size_bytes"] < 0.8 * dense.metrics["size_bytes"]
+    assert "kept sparse encoding" in pruned.audit and "kept" not in dense.audit
     assert pruned.metrics["size_gzip_bytes"] < 0.7 * dense.metrics["size_gzip_bytes"]
 
 

@@ -27,6 +27,9 @@ _KERNEL_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "CONV_3D")
 # QUANTIZE / DEQUANTIZE problems are symptoms; the op that stayed float (SIN, ...) is the cause,
 # so its problem is listed first and is the one a ConversionError names.
 _CONVERSION_OPS = ("QUANTIZE", "DEQUANTIZE")
+# The op that expands a sparse-encoded constant (the tensor's ``sparsity`` field) to its dense
+# form when the interpreter prepares the model: a way of storing a weight, not a computation.
+_DENSIFY = "DENSIFY"
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,8 @@ class Audit:
     float_layers: tuple[str, ...] = ()  # selective and head modes: the ops found out of int8, as allowed
     # Each of those ops as ``OP label [activations A, weights W]`` (what "int8" does not cover).
     kept_ops: tuple[str, ...] = ()
+    # Constants stored in TFLite's sparse encoding (their flatbuffer ``sparsity`` field is set), by name.
+    sparse_tensors: tuple[str, ...] = ()
 
     @property
     def activation_dtype(self) -> str:
@@ -60,9 +65,10 @@ class Audit:
         if not self.passed:
             verdict = f"FAIL {self.mode} ({len(self.problems)} problems: {self.problems[0]})"
         kept_float = f"; float {len(self.float_layers)}: {', '.join(self.kept_ops or self.float_layers)}" if self.float_layers else ""
+        sparse = f"; sparse {len(self.sparse_tensors)}: {', '.join(self.sparse_tensors)}" if self.sparse_tensors else ""
         return (
             f"{verdict}: {sum(self.op_counts.values())} ops; weights {weights}; "
-            f"activations {self.activation_dtype}; io {'/'.join(sorted(set(self.input_dtypes)))}{kept_float}"
+            f"activations {self.activation_dtype}; io {'/'.join(sorted(set(self.input_dtypes)))}{kept_float}{sparse}"
         )
 
 
@@ -90,6 +96,8 @@ def audit(content: bytes, *, mode: str, int8_io: bool = False, float_layers: Seq
     findings = _Findings()
     input_dtypes, output_dtypes = _check_io(model.subgraphs[0], mode=mode, int8_io=int8_io, findings=findings)
     allowed_float = set(float_layers)
+    sparse_tensors = [tensor.name.decode(errors="replace").split(";")[0] for graph in model.subgraphs
+                      for tensor in graph.tensors if tensor.sparsity is not None]
     for graph in model.subgraphs:
         view = _Graph(model, graph, allowed_float=allowed_float)
         for index, op in enumerate(graph.operators):
@@ -111,6 +119,7 @@ def audit(content: bytes, *, mode: str, int8_io: bool = False, float_layers: Seq
         output_dtypes=output_dtypes,
         float_layers=tuple(findings.found_float),
         kept_ops=tuple(findings.kept_ops),
+        sparse_tensors=tuple(sparse_tensors),
     )
 
 
@@ -204,8 +213,7 @@ class _Graph:
 
     def describe(self, index: int, op) -> _Op:
         tensors = self.tensors
-        code = self.model.operatorCodes[op.opcodeIndex]
-        name = _op_names().get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
+        name = self.op_name(op)
         # The output tensor's name leads back to the Keras layer ("model/conv_3/..."); fused ops
         # list several names separated by ";", the first one is enough.
         label = (next((tensors[o].name for o in op.outputs if o >= 0), b"") or b"").decode(errors="replace")
@@ -220,14 +228,31 @@ class _Graph:
             kept_float=self.kept_float(op),
         )
 
+    def op_name(self, op) -> str:
+        code = self.model.operatorCodes[op.opcodeIndex]
+        return _op_names().get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
+
+    def constant(self, tensor_index: int):
+        """The constant stored for this tensor: the tensor itself, or the sparse constant a DENSIFY
+        expands into it; None for a tensor computed at run time."""
+        tensor = self.tensors[tensor_index]
+        if _is_constant(self.model, tensor):
+            return tensor
+        producer = self.producers.get(tensor_index)
+        if producer is not None and self.op_name(producer) == _DENSIFY and producer.inputs.size:
+            source = self.tensors[producer.inputs[0]]
+            return source if _is_constant(self.model, source) else None
+        return None
+
     def stored_kernel(self, op):
-        """The constant a kernel is stored as: the kernel itself, or the constant a DEQUANTIZE expands."""
-        kernel = self.tensors[op.inputs[1]]
-        if _is_constant(self.model, kernel):
+        """The constant a kernel is stored as: the kernel itself, or the constant a DEQUANTIZE expands
+        (each possibly sparse-encoded, behind a DENSIFY)."""
+        kernel = self.constant(op.inputs[1])
+        if kernel is not None:
             return kernel
         producer = self.producers.get(op.inputs[1])
-        if producer is not None and producer.inputs.size and _is_constant(self.model, self.tensors[producer.inputs[0]]):
-            return self.tensors[producer.inputs[0]]  # float16 weights, or int8 ones expanded to float
+        if producer is not None and producer.inputs.size and producer.inputs[0] >= 0:
+            return self.constant(producer.inputs[0])  # float16 weights, or int8 ones expanded to float
         return None
 
 
@@ -270,7 +295,9 @@ def _check_outputs(view: _Graph, op: _Op, *, spec: QuantMode, findings: _Finding
         and all(o in view.graph.outputs for o in raw.outputs)
         and op.in_dtype == spec.activation_dtype
     )
-    stored_weight = op.name == "DEQUANTIZE" and _is_constant(view.model, tensors[raw.inputs[0]])
+    if op.name == _DENSIFY and view.constant(raw.inputs[0]) is not None:
+        return  # a sparse-encoded weight expanded at load: its output is that weight, not an activation
+    stored_weight = op.name == "DEQUANTIZE" and view.constant(raw.inputs[0]) is not None
     # Selective modes: the requested ops compute in float, and DEQUANTIZE leads into them.
     into_kept_float = (
         op.name == "DEQUANTIZE"

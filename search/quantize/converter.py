@@ -16,8 +16,13 @@ if TYPE_CHECKING:
 __all__ = ["make_converter", "check_calibration_images", "first_error_line"]
 
 
-def make_converter(model, *, request: ConverterRequest, int8_io: bool, resolution: int):
-    """A TFLiteConverter for ``model`` at batch 1 and ``resolution``, with the settings ``request`` names."""
+def make_converter(model, *, request: ConverterRequest, int8_io: bool, resolution: int, sparse: bool = False):
+    """A TFLiteConverter for ``model`` at batch 1 and ``resolution``, with the settings ``request`` names.
+
+    ``sparse``: also ``Optimize.EXPERIMENTAL_SPARSITY``, TFLite's sparse tensor encoding of
+    kernels that are mostly zeros (the converter decides per tensor; each then runs through a
+    DENSIFY op when the interpreter prepares the model, so only the file changes).
+    """
     from search.compat import tf  # here, not at the top: reading QUANT_MODES must stay cheap
 
     # A concrete function with batch 1, saved through a bare tf.Module holding the variables:
@@ -31,6 +36,8 @@ def make_converter(model, *, request: ConverterRequest, int8_io: bool, resolutio
 
     if request.optimize:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if sparse:
+        converter.optimizations = [*converter.optimizations, tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
     if request.supported_types:
         converter.target_spec.supported_types = [tf.as_dtype(name) for name in request.supported_types]
     if request.supported_ops:

@@ -102,6 +102,12 @@ class QuantMode:
         return self.keeps == "chosen"
 
     @property
+    def sparse_encodable(self) -> bool:
+        """Whether ``convert(sparse_encoding=True)`` applies: modes made by one converter call. The
+        others quantize with TFLite's MLIR quantizer directly, which does not run the sparsity pass."""
+        return self.strategy is strategies.plain
+
+    @property
     def keeps_heads(self) -> bool:
         """Whether the mode keeps the family's detection-output convs out of int8 (convert needs them)."""
         return self.keeps == "heads"

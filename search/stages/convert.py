@@ -45,11 +45,19 @@ def trial_calibration_images(params: TrialParams, context) -> np.ndarray | None:
                               resolution=params.resolution, preprocessing=space.data.preprocessing)
 
 
-def convert(model, params: TrialParams, context):
-    """The audited ``search.quantize.ConvertedModel`` of ``model`` in the trial's mode."""
+def convert(model, params: TrialParams, context, *, zeroed_weights: bool = False):
+    """The audited ``search.quantize.ConvertedModel`` of ``model`` in the trial's mode.
+
+    ``zeroed_weights``: the kernels hold pruning's zeros (unstructured or 2:4), so with the space's
+    ``search.pruning.sparse_encoding`` the sparse tensor encoding is tried too, in the modes it
+    applies to, and the smaller file kept (the record's ``audit`` says which).
+    """
     from search.models import family_of
+    from search.quantize import QUANT_MODES
     from search.quantize import convert as convert_model
 
+    sparse = (zeroed_weights and context.space.search.sparse_encoding
+              and QUANT_MODES[params.quantization].sparse_encodable)
     return convert_model(model, mode=params.quantization, calibration_images=trial_calibration_images(params, context),
                          float_layers=params.float_layers or 0,
-                         head_layers=family_of(context.space.model).head_layers(model))
+                         head_layers=family_of(context.space.model).head_layers(model), sparse_encoding=sparse)
