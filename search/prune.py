@@ -125,6 +125,7 @@ def prune_and_fine_tune(
     seed: int = 0,
     progress: str | None = None,
     family: ModelFamily | None = None,
+    distill_weight: float = 0.0,
 ) -> tuple[keras.Model, float]:
     """Prune a clone of ``model`` while fine-tuning it ``steps`` steps; return it stripped, with its sparsity.
 
@@ -132,10 +133,13 @@ def prune_and_fine_tune(
     unpruned clone for the same steps, so the baseline and the pruned variants have had the same
     training. Structure ``filters`` needs ``family`` (which filters go together, and the rebuild)
     and returns the thinner network, with the fraction of its removable filters removed
-    (``search.prune_filters``).
+    (``search.prune_filters``). With ``distill_weight > 0`` the fine-tune also distils from ``model``
+    itself (``search.train.distillation_loss``): pruning works on a clone, so ``model`` stays the
+    unpruned, untrained teacher, wide where the student's filters are masked.
     """
     train_kwargs = dict(heads=heads, images=images, boxes=boxes, classes=classes, batch_size=batch_size,
-                        learning_rate=learning_rate, seed=seed, progress=progress)
+                        learning_rate=learning_rate, seed=seed, progress=progress,
+                        teacher=model if distill_weight > 0 else None, distill_weight=distill_weight)
     if spec.removes_filters:
         from search.prune_filters import remove_filters_and_fine_tune
 
