@@ -5,14 +5,15 @@
         [--cases filters25,filters50,unstructured50] [--jsonl FILE]
 
 The official YOLOv4-tiny weights, pruned by the trial's own code (``search.prune.prune_and_fine_tune``,
-schedule ``polynomial_decay``) to each case, fine-tuned on coco128 train2017 (128 images) for
-``--steps`` steps at equal settings twice: plain (YOLO loss only, ``fine_tune.distill_weight: 0``)
-and distilled at each of ``--distill-weights`` (plus that weight times
-``search.train.distillation_loss`` to the unpruned base model's heads). Each result is converted to **float32 TFLite** and scored on coco128 val2017
-by the search's evaluator (pycocotools, score threshold 0.001, NMS 0.45, 100 per image), so the
-figures are the ones a trial would record. The same seed gives both runs the same batches and
-augmentation; only the loss differs. Prints a line per run as it ends (and appends it to
-``--jsonl``), then a markdown table.
+schedule ``polynomial_decay``) to each case (``none``: unpruned, what the fine-tune alone does),
+fine-tuned on coco128 train2017 (128 images) for ``--steps`` steps at equal settings: plain (the
+YOLO loss only, ``fine_tune.distill_weight: 0``) and distilled at each of ``--distill-weights``
+(plus that weight times ``search.train.distillation_loss`` to the unpruned base model's heads).
+Each result is converted to **float32 TFLite** and scored on coco128 val2017 by the search's
+evaluator (pycocotools, score threshold 0.001, NMS 0.45, 100 per image), so the figures are the
+ones a trial would record. The same seed gives every run the same batches and augmentation; only
+the loss differs. Prints a line per run as it ends (and appends it to ``--jsonl``), then a
+markdown table.
 """
 
 from __future__ import annotations
@@ -39,11 +40,13 @@ from search.tflite_model import TFLiteDetector  # noqa: E402
 
 FAMILY = get_family("yolov4_tiny")
 SCHEDULE = "polynomial_decay"  # the gentler schedule, the one the coco128 space searches
-CASES = {  # name -> (structure, target sparsity)
-    "filters25": ("filters", 0.25),
-    "filters50": ("filters", 0.50),
-    "unstructured50": ("unstructured", 0.50),
+CASES = {  # name -> what is pruned; "none" fine-tunes unpruned: what the fine-tune alone does to the weights
+    "filters25": PruningSpec(schedule=SCHEDULE, target_sparsity=0.25, structure="filters"),
+    "filters50": PruningSpec(schedule=SCHEDULE, target_sparsity=0.50, structure="filters"),
+    "unstructured50": PruningSpec(schedule=SCHEDULE, target_sparsity=0.50, structure="unstructured"),
+    "none": PruningSpec(),
 }
+DEFAULT_CASES = ("filters25", "filters50", "unstructured50")  # the issue's three
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--val-limit", type=int, default=None, help="score on the first N val images only")
-    parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated of {', '.join(CASES)}")
+    parser.add_argument("--cases", default=",".join(DEFAULT_CASES), help=f"comma-separated of {', '.join(CASES)}")
     parser.add_argument("--jsonl", type=Path, default=None, help="append each run's result here")
     args = parser.parse_args(argv)
     set_threads(args.threads)
@@ -75,8 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for case in args.cases.split(","):
-        structure, sparsity = CASES[case]
-        spec = PruningSpec(schedule=SCHEDULE, target_sparsity=sparsity, structure=structure)
+        spec = CASES[case]
         for weight in (0.0, *(float(w) for w in args.distill_weights.split(","))):
             start = time.perf_counter()
             tuned, achieved = prune_and_fine_tune(
@@ -90,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
                                       resolution=args.resolution, preprocessing="stretch",
                                       score_threshold=m.score_threshold, iou_threshold=m.iou_threshold,
                                       max_detections=m.max_detections)
-            row = {"case": case, "structure": structure, "target": sparsity, "achieved": round(achieved, 3),
+            row = {"case": case, "structure": spec.structure if spec.prunes else "none", "target": spec.sparsity,
+                   "achieved": round(achieved, 3),
                    "distill_weight": weight, "map50": round(result["map50"], 4), "map": round(result["map"], 4),
                    "train_s": round(train_s), "s_per_step": round(train_s / args.steps, 2),
                    "resolution": args.resolution, "steps": args.steps, "batch_size": args.batch_size,
@@ -104,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n| pruning | achieved | fine-tune | AP50 | AP | s/step |\n| --- | --- | --- | --- | --- | --- |")
     for row in rows:
         how = "plain" if row["distill_weight"] == 0 else f"distilled ({row['distill_weight']:g})"
-        print(f"| {row['structure']} {row['target']:.0%} | {row['achieved']:.3f} | {how} | {row['map50']:.3f} "
+        pruning = f"{row['structure']} {row['target']:.0%}" if row["structure"] != "none" else "none"
+        print(f"| {pruning} | {row['achieved']:.3f} | {how} | {row['map50']:.3f} "
               f"| {row['map']:.3f} | {row['s_per_step']} |")
     return 0
 
