@@ -24,7 +24,7 @@ import numpy as np
 from search.compat import keras
 from search.errors import SpaceError
 from search.pruning import MIN_PRUNING_STEPS, SCHEDULES, STRUCTURES, PruningSpec, pruning_timing
-from search.train import train
+from search.train import Distillation, train
 
 if TYPE_CHECKING:
     from search.models import ModelFamily, YoloHeads
@@ -139,7 +139,7 @@ def prune_and_fine_tune(
     """
     train_kwargs = dict(heads=heads, images=images, boxes=boxes, classes=classes, batch_size=batch_size,
                         learning_rate=learning_rate, seed=seed, progress=progress,
-                        teacher=model if distill_weight > 0 else None, distill_weight=distill_weight)
+                        distill=Distillation(model, distill_weight) if distill_weight else None)
     if spec.removes_filters:
         from search.prune_filters import remove_filters_and_fine_tune
 

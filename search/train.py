@@ -10,7 +10,7 @@ by ``2 - w*h`` (small boxes count more), objectness BCE where negatives overlapp
 truth by more than ``heads.ignore_thresh`` are not penalised, and per-class BCE on positive cells
 only. Losses are summed over cells and averaged over images, as Darknet does.
 
-With a ``teacher`` (the unpruned base model) and ``distill_weight > 0``, ``distillation_loss``
+With a ``Distillation`` (a teacher, the unpruned base model, and a weight), ``distillation_loss``
 against the teacher's raw heads on the same augmented batch is added to the YOLO loss, so a pruned
 or quantized student is pulled back toward what the base model predicted, not only toward the
 labels (whose loss is not Darknet's, and drifts trained weights away from Darknet's optimum).
@@ -26,6 +26,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -285,6 +286,19 @@ def distillation_loss(student_outputs, teacher_outputs, *, heads: YoloHeads, res
     return total / tf.cast(tf.shape(student_outputs[0])[0], tf.float32)
 
 
+@dataclass(frozen=True)
+class Distillation:
+    """What a fine-tune distils from: ``teacher`` (never trained here: the unpruned base model) and
+    the ``weight`` of ``distillation_loss`` to its heads beside the YOLO loss."""
+
+    teacher: keras.Model
+    weight: float
+
+    def __post_init__(self):
+        if not self.weight > 0:  # a weight of 0 is no distillation: pass None, and the step stays the plain one
+            raise ValueError(f"distillation weight must be > 0, but got {self.weight}.")
+
+
 # ---------------------------------------------------------------------------------------------
 # Training loop
 # ---------------------------------------------------------------------------------------------
@@ -357,22 +371,20 @@ def _adam(model: keras.Model, learning_rate: float):
 
 
 def _make_train_step(model: keras.Model, optimizer, *, heads: YoloHeads, resolution: int,
-                     teacher: keras.Model | None = None, distill_weight: float = 0.0):
+                     distill: Distillation | None = None):
     """A fresh ``tf.function`` for this model: a trace must never be reused for another model.
 
-    With a ``teacher`` and ``distill_weight > 0`` the teacher runs inside the same trace, in
-    inference mode (frozen BatchNorm statistics), on the same augmented batch; at weight 0 it is
-    not called at all, so the step is the plain one."""
-    distills = teacher is not None and distill_weight > 0
+    With ``distill`` the teacher runs inside the same trace, in inference mode (its BatchNorm
+    statistics frozen), on the same augmented batch; without, the step is the plain one."""
 
     @tf.function
     def train_step(images, *targets):
         with tf.GradientTape() as tape:
             outputs = model(images, training=True)
             loss = yolo_loss(targets, outputs, heads=heads, resolution=resolution)
-            if distills:
-                teacher_outputs = teacher(images, training=False)
-                loss += distill_weight * distillation_loss(outputs, teacher_outputs, heads=heads, resolution=resolution)
+            if distill is not None:
+                teacher_outputs = distill.teacher(images, training=False)
+                loss += distill.weight * distillation_loss(outputs, teacher_outputs, heads=heads, resolution=resolution)
         gradients = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(gradients, model.trainable_variables))
         return loss
@@ -436,30 +448,23 @@ def train(
     augment: bool = True,
     progress: str | None = None,
     on_step: Callable[[int], None] = lambda step: None,
-    teacher: keras.Model | None = None,
-    distill_weight: float = 0.0,
+    distill: Distillation | None = None,
 ) -> list[float]:
     """Train ``model`` in place for ``steps`` Adam steps on uint8 ``images`` and return the loss per step.
 
-    ``heads`` are the model's outputs (its family's ``heads(num_classes)``); ``boxes[i]`` /
-    ``classes[i]`` are image ``i``'s normalized ``xyxy`` boxes and class ids. Batches and
-    augmentation come from ``numpy.random.default_rng(seed)``, so the same seed and the same
-    starting weights give the same losses. ``progress`` names the progress output (a tqdm bar on a
-    terminal, a plain line every ``LOG_EVERY_S`` seconds in a log); ``None`` is silent. ``on_step(step)``
-    runs before each forward pass and after the last (``steps``): filter pruning masks weights there.
-    ``teacher`` (never trained here) and ``distill_weight``: each loss adds ``distill_weight`` times
-    ``distillation_loss`` to the teacher's heads on the same batch; weight 0 trains exactly as without."""
+    ``heads`` are the model's outputs (its family's ``heads(num_classes)``); ``boxes[i]`` / ``classes[i]`` are
+    image ``i``'s normalized ``xyxy`` boxes and class ids. Batches and augmentation come from
+    ``numpy.random.default_rng(seed)``, so the same seed and the same starting weights give the same losses.
+    ``progress`` names the progress output (a tqdm bar on a terminal, a plain line every ``LOG_EVERY_S`` seconds
+    in a log); ``None`` is silent. ``on_step(step)`` runs before each forward pass and after the last (``steps``):
+    filter pruning masks weights there. ``distill`` adds its weight times ``distillation_loss`` to every loss."""
     _check_training_set(images, boxes, classes, steps=steps, batch_size=batch_size)
-    if distill_weight < 0 or (distill_weight > 0 and teacher is None):
-        raise ValueError(f"distill_weight must be >= 0, and > 0 only with a teacher, but got {distill_weight} "
-                         f"with {'a' if teacher is not None else 'no'} teacher.")
     resolution = _input_resolution(model, images)
     max_boxes = max(1, max(len(b) for b in boxes))
     rng = np.random.default_rng(seed)
     batches = _batches(len(images), batch_size, rng)
     optimizer = _adam(model, learning_rate)
-    train_step = _make_train_step(model, optimizer, heads=heads, resolution=resolution, teacher=teacher,
-                                  distill_weight=distill_weight)
+    train_step = _make_train_step(model, optimizer, heads=heads, resolution=resolution, distill=distill)
     pruning_callback = _pruning_callback(model)
 
     losses = []

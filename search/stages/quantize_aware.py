@@ -12,15 +12,17 @@ def quantize_aware(model, params: TrialParams, context, *, family, preserve_spar
     returns the QAT model and the sparsity it then has."""
     from search.data.preprocess import split_arrays
     from search.qat import qat_sparsity, quantize_aware_fine_tune  # imports TFMOT's QAT (seconds)
+    from search.train import Distillation
 
     space, data = context.space, context.dataset
+    weight = space.fine_tune.distill_weight
+    distill = Distillation(_teacher(params, context, family=family), weight) if weight else None
     train = split_arrays(data.train, resolution=params.resolution, mode=space.data.preprocessing)
     qat_model = quantize_aware_fine_tune(
         model, split_layers=family.channel_split_layers(model), preserve_sparsity=preserve_sparsity,
         steps=space.fine_tune.steps, batch_size=space.fine_tune.batch_size, seed=space.budget.seed,
         heads=family.heads(data.num_classes), images=train.images, boxes=train.boxes, classes=train.classes,
-        teacher=_teacher(params, context, family=family) if space.fine_tune.distill_weight else None,
-        distill_weight=space.fine_tune.distill_weight,
+        distill=distill,
     )
     return qat_model, qat_sparsity(qat_model, dense_layers=family.dense_layers(model))
 
