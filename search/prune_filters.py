@@ -202,7 +202,7 @@ def remove_filters_and_fine_tune(model: keras.Model, spec: PruningSpec, *, famil
     thinner network without them, and the fraction of removable filters removed.
 
     ``train_kwargs`` go to ``search.train.train`` (heads, images, boxes, classes, batch size, rate, seed,
-    and a teacher to distil from, which may be ``model`` itself: only the copy is masked).
+    ``distill``, whose teacher may be ``model`` itself: only the copy is masked).
     """
     from search.train import train
 

@@ -1,12 +1,12 @@
 """Step 2: prune (or not) while fine-tuning on the training split, cached by content.
 
 The result depends only on the base weights, the network, the data, the preprocessing, the
-resolution, the pruning spec, the fine-tune settings (with the distillation weight) and the seed; quantization acts later. So
-``stage_key`` hashes exactly those, and every trial that differs only in how it is converted
-reuses the stage (``search.stage_cache``), on any node. The stage stores the architecture with
-the weights, since a pruned network may be thinner than the one the trial built (the ``filters``
-structure removes filters: the cached architecture is the thinner cfg); only a miss
-needs the base weights and the preprocessed training split.
+resolution, the pruning spec, the fine-tune settings (with the distillation weight) and the seed;
+quantization acts later. So ``stage_key`` hashes exactly those, and every trial that differs only
+in how it is converted reuses the stage (``search.stage_cache``), on any node. The stage stores
+the architecture with the weights, since a pruned network may be thinner than the one the trial
+built (the ``filters`` structure removes filters: the cached architecture is the thinner cfg);
+only a miss needs the base weights and the preprocessed training split.
 """
 
 from __future__ import annotations
