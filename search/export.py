@@ -119,6 +119,16 @@ def latency_reference_card(record: TrialRecord) -> dict[str, Any] | None:
             "latency_ms_on_node": record.metrics.get("latency_ref_ms"), "node": record.node, "host": record.host}
 
 
+def fine_tune_card(space: Space) -> dict[str, Any]:
+    """How the trial's weights were fine-tuned from the base model (and, in a QAT mode, fine-tuned
+    again): part of how the model was made, so a distilled model says so and from what."""
+    f = space.fine_tune
+    distilled = ("the unpruned base model's heads at the trial's resolution, as soft targets beside the YOLO loss "
+                 "(search.train.distillation_loss), in the pruning fine-tune and in QAT") if f.distill_weight else None
+    return {"steps": f.steps, "batch_size": f.batch_size, "learning_rate": f.learning_rate,
+            "distill_weight": f.distill_weight, "distilled_from": distilled}
+
+
 def model_card(record: TrialRecord, space: Space, *, names: list[str], base: dict[str, Any], data_source: str,
                error_report: str | None, why: str = "") -> dict[str, Any]:
     family = family_of(space.model)
@@ -134,6 +144,7 @@ def model_card(record: TrialRecord, space: Space, *, names: list[str], base: dic
                       "max_size_bytes": e.max_size_bytes, "max_latency_ms": e.max_latency_ms},
         "against_baseline": {name: record.metrics[name] for name in COMPARISONS if name in record.metrics},
         "parameters": record.params,
+        "fine_tune": fine_tune_card(space),
         "metrics": {name: record.metrics[name] for name in space.measured_names if name in record.metrics},
         "achieved_sparsity": record.sparsity,
         "audit": record.audit,

@@ -25,7 +25,7 @@ import numpy as np
 from search.compat import keras
 from search.errors import SpaceError
 from search.pruning import MIN_PRUNING_STEPS, SCHEDULES, STRUCTURES, PruningSpec, pruning_timing
-from search.train import train
+from search.train import Distillation, train
 
 if TYPE_CHECKING:
     from search.models import ModelFamily, YoloHeads
@@ -156,6 +156,7 @@ def prune_and_fine_tune(
     seed: int = 0,
     progress: str | None = None,
     family: ModelFamily | None = None,
+    distill_weight: float = 0.0,
 ) -> tuple[keras.Model, float]:
     """Prune a clone of ``model`` while fine-tuning it ``steps`` steps; return it stripped, with its sparsity.
 
@@ -163,10 +164,13 @@ def prune_and_fine_tune(
     unpruned clone for the same steps, so the baseline and the pruned variants have had the same
     training. Structure ``filters`` needs ``family`` (which filters go together, and the rebuild)
     and returns the thinner network, with the fraction of its removable filters removed
-    (``search.prune_filters``).
+    (``search.prune_filters``). With ``distill_weight > 0`` the fine-tune also distils from ``model``
+    itself (``search.train.distillation_loss``): pruning works on a clone, so ``model`` stays the
+    unpruned, untrained teacher, wide where the student's filters are masked.
     """
     train_kwargs = dict(heads=heads, images=images, boxes=boxes, classes=classes, batch_size=batch_size,
-                        learning_rate=learning_rate, seed=seed, progress=progress)
+                        learning_rate=learning_rate, seed=seed, progress=progress,
+                        distill=Distillation(model, distill_weight) if distill_weight else None)
     if spec.removes_filters:
         from search.prune_filters import remove_filters_and_fine_tune
 

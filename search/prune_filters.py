@@ -201,7 +201,8 @@ def remove_filters_and_fine_tune(model: keras.Model, spec: PruningSpec, *, famil
     """Fine-tune a copy of ``model`` ``steps`` steps while masking filters as ``spec`` says; return the
     thinner network without them, and the fraction of removable filters removed.
 
-    ``train_kwargs`` go to ``search.train.train`` (heads, images, boxes, classes, batch size, rate, seed).
+    ``train_kwargs`` go to ``search.train.train`` (heads, images, boxes, classes, batch size, rate, seed,
+    ``distill``, whose teacher may be ``model`` itself: only the copy is masked).
     """
     from search.train import train
 

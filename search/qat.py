@@ -38,7 +38,7 @@ import numpy as np
 from search.compat import keras, tfmot
 from search.models.family import YoloHeads
 from search.prune import copy_weights, is_pruned_layer
-from search.train import train
+from search.train import Distillation, train
 
 __all__ = ["SecondHalfChannels", "NoQuantizeConfig", "qat_sparsity", "quantize_aware_model", "quantize_aware_fine_tune", "QAT_LEARNING_RATE"]
 
@@ -194,6 +194,7 @@ def quantize_aware_fine_tune(
     learning_rate: float = QAT_LEARNING_RATE,
     seed: int = 0,
     progress: str | None = None,
+    distill: Distillation | None = None,
 ) -> keras.Model:
     """Make a QAT clone of ``model`` and fine-tune it ``steps`` steps; ready for ``convert(..., mode="qat_int8")``.
 
@@ -201,7 +202,8 @@ def quantize_aware_fine_tune(
     ``channel_split_layers(model)``). ``images`` are the uint8 training images (as
     ``search.train.train`` takes them); the first ``RANGE_IMAGES`` of a seeded draw set the
     initial activation ranges. Use ``preserve_sparsity=True`` on a pruned model, or the fine-tune
-    fills its zeros back in.
+    fills its zeros back in. ``distill``: as ``search.train.train`` takes it (the unpruned float base
+    model as the teacher, for a fine-tune that distils).
     """
     picked = np.random.default_rng(seed).choice(len(images), size=min(RANGE_IMAGES, len(images)), replace=False)
     range_images = images[np.sort(picked)].astype(np.float32) / 255.0
@@ -209,7 +211,7 @@ def quantize_aware_fine_tune(
         model, split_layers=split_layers, preserve_sparsity=preserve_sparsity, range_images=range_images
     )
     train(qat_model, heads=heads, images=images, boxes=boxes, classes=classes, steps=steps, batch_size=batch_size,
-          learning_rate=learning_rate, seed=seed, progress=progress)
+          learning_rate=learning_rate, seed=seed, progress=progress, distill=distill)
     return qat_model
 
 

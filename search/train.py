@@ -10,6 +10,11 @@ by ``2 - w*h`` (small boxes count more), objectness BCE where negatives overlapp
 truth by more than ``heads.ignore_thresh`` are not penalised, and per-class BCE on positive cells
 only. Losses are summed over cells and averaged over images, as Darknet does.
 
+With a ``Distillation`` (a teacher, the unpruned base model, and a weight), ``distillation_loss``
+against the teacher's raw heads on the same augmented batch is added to the YOLO loss, so a pruned
+or quantized student is pulled back toward what the base model predicted, not only toward the
+labels (whose loss is not Darknet's, and drifts trained weights away from Darknet's optimum).
+
 ``train`` works on any Keras model with the raw heads, including a TFMOT pruning-wrapped clone:
 TFMOT wants ``UpdatePruningStep`` driven by hand in a custom loop, and it is, always (it does
 nothing on a model without pruning wrappers, so a QAT model trains through the same loop).
@@ -21,6 +26,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -228,6 +234,72 @@ def yolo_loss(targets, outputs, *, heads: YoloHeads, resolution: int):
 
 
 # ---------------------------------------------------------------------------------------------
+# Distillation from a teacher's raw heads (TensorFlow)
+# ---------------------------------------------------------------------------------------------
+
+
+def _probability(raw, *, heads: YoloHeads):
+    """Raw objectness / class values as probabilities: ``new_coords`` heads hold them already."""
+    return raw if heads.new_coords else tf.sigmoid(raw)
+
+
+def _head_distillation(student, teacher, *, heads: YoloHeads, index: int, resolution: int):
+    """Summed distillation terms of head ``index`` over its batch (see ``distillation_loss``)."""
+    grid = tf.shape(student)[1]
+    shape = (-1, grid, grid, heads.anchors_per_head, 5 + heads.num_classes)
+    student, teacher = tf.reshape(student, shape), tf.stop_gradient(tf.reshape(teacher, shape))
+    teacher_objectness = _probability(teacher[..., 4], heads=heads)
+
+    def soft_bce(s, t):  # BCE to the teacher's probabilities minus its entropy: 0 when student == teacher
+        return _bce(_probability(t, heads=heads), s, heads=heads) - _bce(_probability(t, heads=heads), t, heads=heads)
+
+    objectness = tf.reduce_sum(soft_bce(student[..., 4], teacher[..., 4]))
+    classes = tf.reduce_sum(teacher_objectness[..., None] * soft_bce(student[..., 5:], teacher[..., 5:]))
+    # Boxes compared decoded: centres in cells, sizes in log space (the raw offsets of a logistic
+    # head; the same measure for a new_coords head, whose raw sizes are square roots).
+    student_box = decode_head(student, heads=heads, index=index, resolution=resolution)
+    teacher_box = decode_head(teacher, heads=heads, index=index, resolution=resolution)
+    grid_float = tf.cast(grid, tf.float32)
+    centre = tf.reduce_sum(tf.square((student_box[..., :2] - teacher_box[..., :2]) * grid_float), axis=-1)
+    size = tf.reduce_sum(tf.square(tf.math.log(student_box[..., 2:] + _EPSILON)
+                                   - tf.math.log(teacher_box[..., 2:] + _EPSILON)), axis=-1)
+    boxes = tf.reduce_sum(teacher_objectness * (centre + size))
+    return BOX_WEIGHT * boxes + OBJECTNESS_WEIGHT * objectness + CLASS_WEIGHT * classes
+
+
+def distillation_loss(student_outputs, teacher_outputs, *, heads: YoloHeads, resolution: int):
+    """Scalar distance, mean over the batch, of a student's raw heads from a teacher's on the same images.
+
+    Objectness-scaled distillation for YOLO (Mehta and Ozturk 2018): objectness is matched
+    everywhere, as soft BCE to the teacher's probability, since which cells hold nothing is most
+    of what the teacher knows; class probabilities (soft BCE) and boxes (squared error of centres
+    in cells and of log sizes) only in proportion to the teacher's objectness, because in the
+    thousands of cells where the teacher sees no object its class scores and boxes are noise that
+    would drown the few that matter. Summed over cells and weighted like ``yolo_loss``, so both
+    terms have the same scale and ``distill_weight`` 1 weighs them equally; it is 0 exactly when
+    the student's heads are the teacher's.
+    """
+    total = 0.0
+    for index, (student, teacher) in enumerate(zip(student_outputs, teacher_outputs, strict=True)):
+        total += _head_distillation(tf.cast(student, tf.float32), tf.cast(teacher, tf.float32),
+                                    heads=heads, index=index, resolution=resolution)
+    return total / tf.cast(tf.shape(student_outputs[0])[0], tf.float32)
+
+
+@dataclass(frozen=True)
+class Distillation:
+    """What a fine-tune distils from: ``teacher`` (never trained here: the unpruned base model) and
+    the ``weight`` of ``distillation_loss`` to its heads beside the YOLO loss."""
+
+    teacher: keras.Model
+    weight: float
+
+    def __post_init__(self):
+        if not self.weight > 0:  # a weight of 0 is no distillation: pass None, and the step stays the plain one
+            raise ValueError(f"distillation weight must be > 0, but got {self.weight}.")
+
+
+# ---------------------------------------------------------------------------------------------
 # Training loop
 # ---------------------------------------------------------------------------------------------
 
@@ -298,14 +370,21 @@ def _adam(model: keras.Model, learning_rate: float):
     return optimizer
 
 
-def _make_train_step(model: keras.Model, optimizer, *, heads: YoloHeads, resolution: int):
-    """A fresh ``tf.function`` for this model: a trace must never be reused for another model."""
+def _make_train_step(model: keras.Model, optimizer, *, heads: YoloHeads, resolution: int,
+                     distill: Distillation | None = None):
+    """A fresh ``tf.function`` for this model: a trace must never be reused for another model.
+
+    With ``distill`` the teacher runs inside the same trace, in inference mode (its BatchNorm
+    statistics frozen), on the same augmented batch; without, the step is the plain one."""
 
     @tf.function
     def train_step(images, *targets):
         with tf.GradientTape() as tape:
             outputs = model(images, training=True)
             loss = yolo_loss(targets, outputs, heads=heads, resolution=resolution)
+            if distill is not None:
+                teacher_outputs = distill.teacher(images, training=False)
+                loss += distill.weight * distillation_loss(outputs, teacher_outputs, heads=heads, resolution=resolution)
         gradients = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(gradients, model.trainable_variables))
         return loss
@@ -369,22 +448,23 @@ def train(
     augment: bool = True,
     progress: str | None = None,
     on_step: Callable[[int], None] = lambda step: None,
+    distill: Distillation | None = None,
 ) -> list[float]:
     """Train ``model`` in place for ``steps`` Adam steps on uint8 ``images`` and return the loss per step.
 
-    ``heads`` are the model's outputs (its family's ``heads(num_classes)``); ``boxes[i]`` /
-    ``classes[i]`` are image ``i``'s normalized ``xyxy`` boxes and class ids. Batches and
-    augmentation come from ``numpy.random.default_rng(seed)``, so the same seed and the same
-    starting weights give the same losses. ``progress`` names the progress output (a tqdm bar on a
-    terminal, a plain line every ``LOG_EVERY_S`` seconds in a log); ``None`` is silent. ``on_step(step)``
-    runs before each forward pass and after the last (``steps``): filter pruning masks weights there."""
+    ``heads`` are the model's outputs (its family's ``heads(num_classes)``); ``boxes[i]`` / ``classes[i]`` are
+    image ``i``'s normalized ``xyxy`` boxes and class ids. Batches and augmentation come from
+    ``numpy.random.default_rng(seed)``, so the same seed and the same starting weights give the same losses.
+    ``progress`` names the progress output (a tqdm bar on a terminal, a plain line every ``LOG_EVERY_S`` seconds
+    in a log); ``None`` is silent. ``on_step(step)`` runs before each forward pass and after the last (``steps``):
+    filter pruning masks weights there. ``distill`` adds its weight times ``distillation_loss`` to every loss."""
     _check_training_set(images, boxes, classes, steps=steps, batch_size=batch_size)
     resolution = _input_resolution(model, images)
     max_boxes = max(1, max(len(b) for b in boxes))
     rng = np.random.default_rng(seed)
     batches = _batches(len(images), batch_size, rng)
     optimizer = _adam(model, learning_rate)
-    train_step = _make_train_step(model, optimizer, heads=heads, resolution=resolution)
+    train_step = _make_train_step(model, optimizer, heads=heads, resolution=resolution, distill=distill)
     pruning_callback = _pruning_callback(model)
 
     losses = []

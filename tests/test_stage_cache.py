@@ -146,3 +146,7 @@ def test_the_stage_key_holds_what_the_stage_depends_on_and_nothing_after(context
     assert key() != key(context=replace(context, space=other_fine_tune))
     other_seed = replace(context.space, budget=replace(context.space.budget, seed=1))
     assert key() != key(context=replace(context, space=other_seed))
+    distilled = replace(context.space, fine_tune=replace(context.space.fine_tune, distill_weight=1.0))
+    more_distilled = replace(context.space, fine_tune=replace(context.space.fine_tune, distill_weight=2.0))
+    assert context.space.fine_tune.distill_weight == 0.0
+    assert len({key(), key(context=replace(context, space=distilled)), key(context=replace(context, space=more_distilled))}) == 3

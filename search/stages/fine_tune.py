@@ -1,12 +1,12 @@
 """Step 2: prune (or not) while fine-tuning on the training split, cached by content.
 
 The result depends only on the base weights, the network, the data, the preprocessing, the
-resolution, the pruning spec, the fine-tune settings and the seed; quantization acts later. So
-``stage_key`` hashes exactly those, and every trial that differs only in how it is converted
-reuses the stage (``search.stage_cache``), on any node. The stage stores the architecture with
-the weights, since a pruned network may be thinner than the one the trial built (the ``filters``
-structure removes filters: the cached architecture is the thinner cfg); only a miss
-needs the base weights and the preprocessed training split.
+resolution, the pruning spec, the fine-tune settings (with the distillation weight) and the seed;
+quantization acts later. So ``stage_key`` hashes exactly those, and every trial that differs only
+in how it is converted reuses the stage (``search.stage_cache``), on any node. The stage stores
+the architecture with the weights, since a pruned network may be thinner than the one the trial
+built (the ``filters`` structure removes filters: the cached architecture is the thinner cfg);
+only a miss needs the base weights and the preprocessed training split.
 """
 
 from __future__ import annotations
@@ -45,13 +45,16 @@ def stage_key(params: TrialParams, context, *, pruning, architecture: dict) -> s
     from search.storage import local_copy
 
     space = context.space
+    fine_tune = {"steps": space.fine_tune.steps, "batch_size": space.fine_tune.batch_size,
+                 "learning_rate": space.fine_tune.learning_rate}
+    if space.fine_tune.distill_weight:  # only when on: a plain fine-tune keeps the key its cached stages have
+        fine_tune["distill_weight"] = space.fine_tune.distill_weight
     material = {
         "version": STAGE_VERSION,
         "base": context.base_weights_sha256 or file_sha256(local_copy(context.base_weights)),
         "architecture": architecture, "data": dataset_fingerprint(context.dataset),
         "preprocessing": space.data.preprocessing, "resolution": params.resolution, "pruning": asdict(pruning),
-        "fine_tune": {"steps": space.fine_tune.steps, "batch_size": space.fine_tune.batch_size,
-                      "learning_rate": space.fine_tune.learning_rate},
+        "fine_tune": fine_tune,
         "seed": space.budget.seed,
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:24]
@@ -77,6 +80,7 @@ def fine_tune(model, params: TrialParams, context, *, family) -> FineTuned:
             steps=space.fine_tune.steps, batch_size=space.fine_tune.batch_size,
             learning_rate=space.fine_tune.learning_rate, seed=space.budget.seed, heads=family.heads(data.num_classes),
             images=train.images, boxes=train.boxes, classes=train.classes, family=family,
+            distill_weight=space.fine_tune.distill_weight,  # the teacher: `model`, the base weights just loaded
         )
         tuned.save_weights(str(weights_path))
         made = {"sparsity": sparsity, "architecture": family.architecture(tuned)}
