@@ -1,6 +1,6 @@
 """Every cfg of the YOLOv4-tiny family at 416 px, 80 classes: parameters, MACs, size and latency.
 
-    .venv/bin/python benchmarks/family_416.py [--threads 1] [--min-seconds 3] [--cfg-dir DIR] [--csv FILE]
+    .venv/bin/python benchmarks/family_416.py [--threads 1] [--min-seconds 6] [--cfg-dir DIR] [--csv FILE]
 
 The cfgs are ``../shared/real/darknet/family/*.cfg`` (or ``--cfg-dir``), built by the search's own
 Darknet builder (``get_family("yolov4_tiny", cfg=...)``) with random weights: size and latency
@@ -12,8 +12,10 @@ do not depend on the weights' values. Per cfg:
   (``convolutional_layer.c``: ``2 * nweights * out_h * out_w``; ``maxpool_layer.c``:
   ``size^2 * c * out_h * out_w``, comparisons Darknet adds to its printed total);
 - float32 and int8 TFLite size (int8 calibrated on 4 random images: the size does not depend on them);
-- latency of each (``measure_latency``, ``--min-seconds`` of timed invokes, holding the node lock
-  exclusively as a trial does).
+- latency of each as a trial measures it (``search.objectives.latency``: invokes alternated with
+  the latency reference, ``latency_ms`` = median per-pair ratio x the reference's latency on this
+  node; at least ``--min-seconds``, holding the node lock exclusively), and the raw median of the
+  model's own invokes beside it (``_raw_ms``), which drifts with the host.
 """
 
 from __future__ import annotations
@@ -30,9 +32,11 @@ import numpy as np
 from search.models import get_family
 from search.models.yolov4_tiny.darknet import parse_cfg
 from search.node_lock import exclusive, shared
-from search.objectives.latency import measure_latency
+from search.objectives import Artifact, MeasureContext
+from search.objectives.latency import MEASUREMENT as LATENCY
 from search.objectives.macs import count_macs
 from search.quantize import convert
+from search.space import MeasureSpec
 
 RESOLUTION = 416
 NUM_CLASSES = 80
@@ -66,7 +70,17 @@ def darknet_bflops(path: Path) -> tuple[float, float]:
     return conv, pool
 
 
-def measure_cfg(path: Path, *, threads: int, min_seconds: float) -> dict:
+def latency_context(*, threads: int, min_seconds: float) -> MeasureContext:
+    """A trial's latency settings with ``threads`` and ``min_seconds``; the reference built here."""
+    from search.timing.reference import reference_model
+
+    spec = MeasureSpec(latency_threads=threads, latency_min_seconds=min_seconds,
+                       latency_max_seconds=max(10.0, 3 * min_seconds))
+    return MeasureContext(dataset=None, measure=spec, preprocessing="", heads=None, num_threads=threads,
+                          reference=reference_model())
+
+
+def measure_cfg(path: Path, *, context: MeasureContext) -> dict:
     from search.compat import keras
 
     keras.utils.set_random_seed(0)
@@ -80,24 +94,26 @@ def measure_cfg(path: Path, *, threads: int, min_seconds: float) -> dict:
            "darknet_conv_bflops": round(conv_bflops, 3), "darknet_total_bflops": round(conv_bflops + pool_bflops, 3)}
     for mode, made in converted.items():
         with exclusive():
-            latency = measure_latency(made.content, num_threads=threads, min_seconds=min_seconds,
-                                      max_seconds=max(10.0, 3 * min_seconds))
+            latency = LATENCY.measure(Artifact(content=made.content, model=None, resolution=RESOLUTION, mode=mode),
+                                      context)
         row[f"{mode}_bytes"] = len(made.content)
-        row[f"{mode}_ms"] = round(latency.median_ms, 1)
+        row[f"{mode}_ms"] = round(latency["latency_ms"], 1)
+        row[f"{mode}_raw_ms"] = round(latency["latency_raw_ms"], 1)
     return row
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--min-seconds", type=float, default=3.0)
+    parser.add_argument("--min-seconds", type=float, default=6.0)  # the spaces' latency_min_seconds
     parser.add_argument("--cfg-dir", type=Path, default=CFG_DIR)
     parser.add_argument("--csv", type=Path)
     args = parser.parse_args(argv)
     cfgs = sorted(args.cfg_dir.glob("*.cfg"))
     if not cfgs:
         raise SystemExit(f"no .cfg files in {args.cfg_dir} (../shared/real is absent? give --cfg-dir)")
-    rows = [measure_cfg(path, threads=args.threads, min_seconds=args.min_seconds) for path in cfgs]
+    context = latency_context(threads=args.threads, min_seconds=args.min_seconds)
+    rows = [measure_cfg(path, context=context) for path in cfgs]
     columns = list(rows[0])
     print("| " + " | ".join(columns) + " |\n|" + " --- |" * len(columns))
     for row in rows:
