@@ -23,6 +23,14 @@ def random_images(count: int, *, resolution: int = 64, seed: int = 0) -> np.ndar
     return np.random.default_rng(seed).random((count, resolution, resolution, 3), dtype=np.float32)
 
 
+def training_set(count: int, *, resolution: int, num_classes: int, seed: int = 0) -> dict:
+    """``count`` random uint8 images, each with one box and a class id, as ``train`` takes them."""
+    images = np.random.default_rng(seed).integers(0, 256, (count, resolution, resolution, 3), dtype=np.uint8)
+    boxes = [np.array([[0.1, 0.2, 0.5, 0.6]], np.float32)] * count
+    classes = [np.array([i % num_classes], np.int32) for i in range(count)]
+    return {"images": images, "boxes": boxes, "classes": classes}
+
+
 def smoke_trial_context(tmp: Path, *overrides: str):
     """A TrialContext on the smoke space (10 fine-tune steps) with untrained base weights: the
     pipeline, not the accuracy, is under test."""

@@ -9,6 +9,7 @@ from search.models import get_family
 from search.prune import prune_and_fine_tune
 from search.pruning import PruningSpec
 from search.train import Distillation, distillation_loss, train
+from tests.helpers import training_set
 
 RESOLUTION = 64
 NUM_CLASSES = 2
@@ -24,11 +25,7 @@ def _model(seed: int):
 
 @pytest.fixture(scope="module")
 def data():
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (8, RESOLUTION, RESOLUTION, 3), dtype=np.uint8)
-    boxes = [np.array([[0.1, 0.2, 0.5, 0.6]], np.float32)] * 8
-    classes = [np.array([i % NUM_CLASSES], np.int32) for i in range(8)]
-    return {"images": images, "boxes": boxes, "classes": classes}
+    return training_set(8, resolution=RESOLUTION, num_classes=NUM_CLASSES)
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from search.errors import SpaceError
 from search.models import get_family
 from search.prune import copy_weights, is_pruned_layer, measured_sparsity, prune, prune_and_fine_tune
 from search.pruning import MIN_PRUNING_STEPS, SCHEDULES, PruningSpec, pruning_timing
+from tests.helpers import training_set
 
 RESOLUTION = 64
 NUM_CLASSES = 2
@@ -41,10 +42,8 @@ def base_model():
 @pytest.fixture(scope="module")
 def fine_tuned(base_model):
     """Each spec fine-tuned once for STEPS steps: name -> (stripped model, measured sparsity)."""
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (4, RESOLUTION, RESOLUTION, 3), dtype=np.uint8)
-    boxes = [np.array([[0.1, 0.2, 0.5, 0.6]], np.float32)] * 4
-    classes = [np.array([i % NUM_CLASSES], np.int32) for i in range(4)]
+    train = training_set(4, resolution=RESOLUTION, num_classes=NUM_CLASSES)
+    images, boxes, classes = train["images"], train["boxes"], train["classes"]
     before = [w.copy() for w in base_model.get_weights()]
     results = {
         name: prune_and_fine_tune(

@@ -10,6 +10,7 @@ from search.prune import is_pruned_layer, measured_sparsity
 from search.qat import qat_sparsity, quantize_aware_fine_tune
 from search.quantize import QUANT_MODES, convert
 from search.tflite_model import TFLiteDetector
+from tests.helpers import training_set
 
 RESOLUTION = 64
 NUM_CLASSES = 2
@@ -20,11 +21,7 @@ FAMILY = get_family("yolov4_tiny")
 
 @pytest.fixture(scope="module")
 def data():
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (4, RESOLUTION, RESOLUTION, 3), dtype=np.uint8)
-    boxes = [np.array([[0.1, 0.2, 0.5, 0.6]], np.float32)] * 4
-    classes = [np.array([i % NUM_CLASSES], np.int32) for i in range(4)]
-    return {"images": images, "boxes": boxes, "classes": classes}
+    return training_set(4, resolution=RESOLUTION, num_classes=NUM_CLASSES)
 
 
 @pytest.fixture(scope="module")
