@@ -43,7 +43,8 @@ def _wide(family, seed=0):
 
 def _removed(model, family, target):
     """The filters the plan removes at ``target`` (ranked on the model's weights), without training."""
-    masks = FilterMasks(model, filter_plan(model, _spec(target), family=family), dense_layers=family.dense_layers(model))
+    masks = FilterMasks(model, filter_plan(model, _spec(target), family=family), dense_layers=family.dense_layers(model),
+                        absorb=family.absorb_constants)
     masks.update(1.0)
     return masks
 
@@ -132,7 +133,8 @@ def test_the_schedule_masks_gradually_and_reaches_the_target(cfg_dir):
     wide = _wide(family)
     steps = 20
     spec = _spec(0.5)
-    masks = FilterMasks(wide, filter_plan(wide, spec, family=family), dense_layers=family.dense_layers(wide))
+    masks = FilterMasks(wide, filter_plan(wide, spec, family=family), dense_layers=family.dense_layers(wide),
+                        absorb=family.absorb_constants)
     hook = schedule_hook(masks, spec, steps=steps)
     counts = []
     for step in range(steps + 1):
