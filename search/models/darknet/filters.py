@@ -21,7 +21,10 @@ What ties filters, and why:
 
 The rebuild is exact: the thinner network computes what the wide one computes with the removed
 channels set to zero after their activation (a zero channel adds nothing to the convs reading it,
-and max-pool, upsample and routes only move it). TensorFlow-free until a model is built.
+and max-pool, upsample and routes only move it). Before they are zeroed, ``absorb_constants``
+folds the constant filter pruning replaces each removed output by (its mean) into the convs
+reading it, so zeroing keeps that part of what the network computes. TensorFlow-free until a
+model is built.
 """
 
 from __future__ import annotations
@@ -256,7 +259,7 @@ def absorb_constants(model, network: Network, constants: Mapping[tuple[str, int]
     reading those filters, in place, so the network computes the same once their outputs read zero.
 
     Filter pruning replaces a removed filter's output by a constant (its mean) rather than by zero:
-    the next layers were trained with it, and it is often larger than 1 for YOLOv4-tiny's filters.
+    the next layers were trained with it.
     Each reader's bias (or BN moving mean) takes the constant's contribution, through max-pool,
     upsample, routes and shortcuts (a constant stays one; a shortcut adds its operands' and
     activates the sum). Exact but at the borders, where a conv's zero padding reads zeros, not the
