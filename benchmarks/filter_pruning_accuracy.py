@@ -15,7 +15,8 @@ ranked and what their outputs become:
     .venv/bin/python benchmarks/filter_pruning_accuracy.py [--real ../shared/real] [--resolution 320]
         [--val-limit 32] [--fine-tune-steps 60] [--fine-tune-target 0.25]
 
-Prints one line per row: map50, map, filters removed (the fine-tuned rows: the fraction removed). Deterministic but for the fine-tune's threads.
+Prints one line per row: map50, map, filters removed (the fine-tuned rows: the fraction removed).
+Deterministic but for the fine-tune's threads.
 """
 
 from __future__ import annotations

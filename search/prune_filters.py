@@ -8,10 +8,10 @@ network without them (``ModelFamily.thin``); this module decides which and when.
   beta)``, its BN's scale and offset on a standard normal z (``output_statistics``: the BN's
   moving statistics make its input z of mean 0 and variance 1 on the data it saw, so no image is
   needed). BatchNorm divides the kernel's scale away, so the kernel's norm, even BN-folded, says
-  nothing of what the filter outputs: on the official YOLOv4-tiny weights, removing 10% of the
-  filters by the BN-folded kernel L1 norm took coco128 AP50 from 0.50 to 0.002, by the spread to
-  0.26 (``benchmarks/filter_pruning_accuracy.py``). A conv without a BN is ranked by its kernel's L1
-  norm. A unit's score is its filters' mean.
+  nothing of what the filter outputs: on the official weights of the default family, removing
+  10% of the filters by the BN-folded kernel L1 norm took coco128 AP50 from 0.50 to 0.002, by the
+  spread to 0.26 (``benchmarks/filter_pruning_accuracy.py``). A conv without a BN is ranked by its
+  kernel's L1 norm. A unit's score is its filters' mean.
 - **How many**: ``target_sparsity`` of the removable filters (every conv's but the family's dense
   layers' and those its ties keep, e.g. a logistic conv's; for the family cfgs, every filter of
   every conv but the heads), spread evenly over the clusters, each keeping a multiple of its ``step`` of units so
@@ -26,7 +26,7 @@ network without them (``ModelFamily.thin``); this module decides which and when.
   are zeroed before every step, so its output is zero after its activation and the rest of the
   network learns without it. Zeroing alone would drop the mean, which the readers were trained
   with: the low-kernel-norm filters the old ranking removed often output constants above 1; the
-  low-spread ones this ranking removes mostly output less (median -0.15 at 10% of YOLOv4-tiny),
+  low-spread ones this ranking removes mostly output less (median -0.15 at 10%, official weights),
   so there the fold matters less (see ``benchmarks/README.md``).
 - **Remove**: at the end the masked filters are removed (``ModelFamily.thin``): the thinner
   network computes exactly what the masked one does.

@@ -281,7 +281,8 @@ def absorb_constants(model, network: Network, constants: Mapping[tuple[str, int]
             carried[layer.index] = {p - start: v for p, v in inputs[0].items() if start <= p < start + run}
         elif isinstance(op, Route):
             offsets = np.cumsum([0] + [len(origins[i]) for i in layer.inputs])
-            carried[layer.index] = {int(offset) + p: v for offset, source in zip(offsets, inputs) for p, v in source.items()}
+            carried[layer.index] = {int(offset) + p: v for offset, source in zip(offsets, inputs)
+                                    for p, v in source.items()}
         elif isinstance(op, Shortcut):  # the ties remove both operands of a channel or neither
             first, second = inputs
             positions = sorted(first)
