@@ -4,11 +4,14 @@ The network family decides which filters can only go together (``ModelFamily.fil
 shortcut operands, the halves of a channel split, the heads that stay) and how to rebuild the
 network without them (``ModelFamily.thin``); this module decides which and when.
 
-- **Rank**: the L1 norm of each filter's kernel as the converted model holds it, i.e. with its
-  BatchNorm folded in (``|gamma| / sqrt(var + eps)`` times the kernel): the raw kernel's norm
-  would ignore a BN scale that makes the filter loud or silent, and BN's gamma alone (network
-  slimming) ranks well only after a sparsity-regularised training, which the search does not do.
-  A unit's score is its filters' mean.
+- **Rank**: how much each filter's output varies: the standard deviation of ``act(gamma * z +
+  beta)``, its BN's scale and offset on a standard normal z (``output_statistics``: the BN's
+  moving statistics make its input z of mean 0 and variance 1 on the data it saw, so no image is
+  needed). BatchNorm divides the kernel's scale away, so the kernel's norm, even BN-folded, says
+  nothing of what the filter outputs: on the official weights of the default family, removing
+  10% of the filters by the BN-folded kernel L1 norm took coco128 AP50 from 0.50 to 0.002, by the
+  spread to 0.26 (``benchmarks/filter_pruning_accuracy.py``). A conv without a BN is ranked by its
+  kernel's L1 norm. A unit's score is its filters' mean.
 - **How many**: ``target_sparsity`` of the removable filters (every conv's but the family's dense
   layers' and those its ties keep, e.g. a logistic conv's; for the family cfgs, every filter of
   every conv but the heads), spread evenly over the clusters, each keeping a multiple of its ``step`` of units so
@@ -16,9 +19,15 @@ network without them (``ModelFamily.thin``); this module decides which and when.
   so the total stays within a few filters of the target. ``filter_widths`` records it.
 - **When**: the trial's TFMOT schedule, read at each step (``search.pruning.pruning_timing``):
   where it updates masks, ``schedule sparsity / target`` of each cluster's final removal is
-  masked, the lowest-ranked remaining units first (once masked, always masked). A masked filter
-  has its kernel, bias and BN scale and offset zeroed before every step, so its output is zero
-  after its activation and the rest of the network learns without it.
+  masked, the lowest-ranked remaining units first (once masked, always masked). A filter's output
+  is replaced by its mean (``mean_outputs``: the mean of ``act(gamma * z + beta)``), not by zero:
+  when it is masked, the family folds that constant into the layers reading it (``ModelFamily.
+  absorb_constants``: their bias or BN moving mean), then its kernel, bias and BN scale and offset
+  are zeroed before every step, so its output is zero after its activation and the rest of the
+  network learns without it. Zeroing alone would drop the mean, which the readers were trained
+  with: the low-kernel-norm filters the old ranking removed often output constants above 1; the
+  low-spread ones this ranking removes mostly output less (median -0.15 at 10%, official weights),
+  so there the fold matters less (see ``benchmarks/README.md``).
 - **Remove**: at the end the masked filters are removed (``ModelFamily.thin``): the thinner
   network computes exactly what the masked one does.
 """
@@ -26,7 +35,7 @@ network without them (``ModelFamily.thin``); this module decides which and when.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,25 +53,80 @@ def _norm_after(layer):
     return None
 
 
+ACTIVATION_LAYERS = (keras.layers.LeakyReLU, keras.layers.ReLU, keras.layers.Activation)
+
+
+def _activation_after(layer):
+    """The activation layer reading ``layer``'s output alone, or None (a linear output)."""
+    nodes = layer.outbound_nodes
+    if len(nodes) == 1 and isinstance(nodes[0].outbound_layer, ACTIVATION_LAYERS):
+        return nodes[0].outbound_layer
+    return None
+
+
+def _normal_quantiles(count: int = 999) -> np.ndarray:
+    from statistics import NormalDist
+
+    return np.array([NormalDist().inv_cdf((i + 0.5) / count) for i in range(count)], np.float32)
+
+
+# A BN output is ``gamma * z + beta`` with z of mean 0 and variance 1 on the data its moving statistics
+# saw; taking z normal, 999 evenly spaced quantiles give the activation's mean and spread without an image.
+NORMAL_QUANTILES = _normal_quantiles()
+
+
+def output_statistics(model: keras.Model, conv: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """Each filter's output mean and standard deviation after its BN and activation, from the BN's
+    statistics (``act(gamma * z + beta)``, z standard normal); None for a conv without a BN."""
+    layer = model.get_layer(conv)
+    norm = _norm_after(layer)
+    if norm is None:
+        return None
+    gamma, beta = keras.backend.get_value(norm.gamma), keras.backend.get_value(norm.beta)
+    outputs = gamma[:, None] * NORMAL_QUANTILES[None] + beta[:, None]  # (filters, quantiles)
+    activation = _activation_after(norm)
+    if activation is not None:
+        outputs = np.asarray(activation(outputs))
+    return outputs.mean(axis=1), outputs.std(axis=1)
+
+
+def _kernel_l1(layer) -> np.ndarray:
+    kernel = np.abs(keras.backend.get_value(layer.weights[0]))
+    return kernel.sum(axis=(0, 1)).reshape(-1) if isinstance(layer, keras.layers.DepthwiseConv2D) \
+        else kernel.sum(axis=(0, 1, 2))
+
+
 def _is_prunable(layer, dense_layers: Sequence[str]) -> bool:
     return isinstance(layer, keras.layers.Conv2D) and layer.name not in dense_layers
 
 
 def filter_scores(model: keras.Model, *, dense_layers: Sequence[str]) -> dict[str, np.ndarray]:
-    """Conv name -> each filter's BN-folded kernel L1 norm, for every conv but ``dense_layers``."""
+    """Conv name -> each filter's score, for every conv but ``dense_layers``: the standard deviation of its
+    output after BN and activation (``output_statistics``); a conv without a BN, its kernel's L1 norm."""
     scores = {}
     for layer in model.layers:
-        if not _is_prunable(layer, dense_layers):
-            continue
-        kernel = np.abs(keras.backend.get_value(layer.weights[0]))
-        l1 = kernel.sum(axis=(0, 1)).reshape(-1) if isinstance(layer, keras.layers.DepthwiseConv2D) \
-            else kernel.sum(axis=(0, 1, 2))
-        norm = _norm_after(layer)
-        if norm is not None:
-            gamma, variance = keras.backend.get_value(norm.gamma), keras.backend.get_value(norm.moving_variance)
-            l1 = l1 * np.abs(gamma) / np.sqrt(variance + norm.epsilon)
-        scores[layer.name] = l1
+        if _is_prunable(layer, dense_layers):
+            statistics = output_statistics(model, layer.name)
+            scores[layer.name] = _kernel_l1(layer) if statistics is None else statistics[1]
     return scores
+
+
+def mean_outputs(model: keras.Model, filters: Sequence[tuple[str, int]]) -> dict[tuple[str, int], float]:
+    """(conv, filter) -> the constant a removed filter is replaced by: its mean output
+    (``output_statistics``); for a conv without a BN, what it outputs with its kernel gone (its bias,
+    activated)."""
+    means = {}
+    for conv in {conv for conv, _ in filters}:
+        statistics = output_statistics(model, conv)
+        if statistics is None:
+            layer = model.get_layer(conv)
+            bias = keras.backend.get_value(layer.bias) if layer.use_bias else np.zeros(_filters(layer), np.float32)
+            activation = _activation_after(layer)
+            mean = np.asarray(activation(bias[None])[0]) if activation is not None else bias
+        else:
+            mean = statistics[0]
+        means.update({(c, f): float(mean[f]) for c, f in filters if c == conv})
+    return means
 
 
 def _filters(layer) -> int:
@@ -127,14 +191,19 @@ def filter_widths(wide: keras.Model, thin: keras.Model, *, target: float,
 class FilterMasks:
     """The filters masked so far, applied to a model's weights before every step."""
 
-    def __init__(self, model: keras.Model, plan: FilterPlan, *, dense_layers: Sequence[str]):
-        self.model, self.plan, self.dense_layers = model, plan, tuple(dense_layers)
+    def __init__(self, model: keras.Model, plan: FilterPlan, *, dense_layers: Sequence[str],
+                 absorb: Callable[[keras.Model, dict[tuple[str, int], float]], None] | None):
+        """``absorb`` is the family's ``absorb_constants``; None zeroes the masked outputs without folding
+        their means into the readers (``benchmarks/filter_pruning_accuracy.py`` measures what that costs)."""
+        self.model, self.plan, self.dense_layers, self.absorb = model, plan, tuple(dense_layers), absorb
         self.masked: list[list[int]] = [[] for _ in plan.clusters]  # unit indices, per cluster
         self._vectors: dict[str, tf.Tensor] = {}
 
     def update(self, fraction: float) -> None:
-        """Mask ``fraction`` of each cluster's final removal: its lowest-ranked unmasked units next."""
+        """Mask ``fraction`` of each cluster's final removal: its lowest-ranked unmasked units next, each
+        newly masked filter's mean output folded into its readers (``absorb``) while it still has it."""
         scores = filter_scores(self.model, dense_layers=self.dense_layers)
+        before = set(self.removed())
         for cluster, final, masked in zip(self.plan.clusters, self.plan.removals, self.masked):
             want = min(final, math.floor(final * fraction + 1e-9))
             if want <= len(masked):
@@ -142,6 +211,9 @@ class FilterMasks:
             rest = [u for u in range(len(cluster.units)) if u not in set(masked)]
             rest.sort(key=lambda u: float(np.mean([scores[conv][f] for conv, f in cluster.units[u]])))
             masked.extend(rest[: want - len(masked)])
+        newly = [member for member in self.removed() if member not in before]
+        if newly and self.absorb is not None:  # before apply zeroes them: their means, folded into the readers
+            self.absorb(self.model, mean_outputs(self.model, newly))
         keep: dict[str, np.ndarray] = {}
         for conv, f in self.removed():
             layer = self.model.get_layer(conv)
@@ -210,7 +282,7 @@ def remove_filters_and_fine_tune(model: keras.Model, spec: PruningSpec, *, famil
     wide.set_weights(model.get_weights())
     dense = family.dense_layers(wide)
     plan = filter_plan(wide, spec, family=family)
-    masks = FilterMasks(wide, plan, dense_layers=dense)
+    masks = FilterMasks(wide, plan, dense_layers=dense, absorb=family.absorb_constants)
     train(wide, steps=steps, on_step=schedule_hook(masks, spec, steps=steps), **train_kwargs)
     thin = family.thin(wide, masks.removed())
     return thin, measured_filter_sparsity(wide, thin, plan, dense_layers=dense)

@@ -136,6 +136,10 @@ class ModelFamily:
     # (model, removed: a set of (conv name, filter)) -> the thinner network with the remaining weights,
     # computing what ``model`` computes with the removed filters' outputs zero after their activation
     thin: Callable[..., Any]
+    # (model, constants: (conv name, filter) -> value) -> None: folds those filters' outputs, taken as the
+    # constants, into the layers reading them, in place, so the network computes the same once the
+    # outputs read zero (filter pruning replaces a removed filter by its mean output, not by zero)
+    absorb_constants: Callable[..., None]
     # num_classes -> the export card's "outputs" section
     card: Callable[[int], dict[str, Any]]
     # (cfg_path, weights_path) -> num_classes: checks pretrained files without building anything

@@ -13,7 +13,7 @@ from search.compat import tf
 from search.models import get_family
 from search.models.darknet.cfg import parse_cfg_text
 from search.models.darknet.network import IMAGE, Conv, Route, Shortcut, Yolo, read_network
-from search.prune_filters import FilterMasks, filter_plan, prunable_filters, schedule_hook
+from search.prune_filters import FilterMasks, filter_plan, filter_scores, prunable_filters, schedule_hook
 from search.pruning import PruningSpec, pruning_timing
 from search.quantize import QUANT_MODES, convert
 from tests.models.darknet.common import ALL_OPTIONS_CFG, family_cfg, family_params, randomized
@@ -43,7 +43,8 @@ def _wide(family, seed=0):
 
 def _removed(model, family, target):
     """The filters the plan removes at ``target`` (ranked on the model's weights), without training."""
-    masks = FilterMasks(model, filter_plan(model, _spec(target), family=family), dense_layers=family.dense_layers(model))
+    masks = FilterMasks(model, filter_plan(model, _spec(target), family=family), dense_layers=family.dense_layers(model),
+                        absorb=family.absorb_constants)
     masks.update(1.0)
     return masks
 
@@ -132,7 +133,8 @@ def test_the_schedule_masks_gradually_and_reaches_the_target(cfg_dir):
     wide = _wide(family)
     steps = 20
     spec = _spec(0.5)
-    masks = FilterMasks(wide, filter_plan(wide, spec, family=family), dense_layers=family.dense_layers(wide))
+    masks = FilterMasks(wide, filter_plan(wide, spec, family=family), dense_layers=family.dense_layers(wide),
+                        absorb=family.absorb_constants)
     hook = schedule_hook(masks, spec, steps=steps)
     counts = []
     for step in range(steps + 1):
@@ -144,6 +146,166 @@ def test_the_schedule_masks_gradually_and_reaches_the_target(cfg_dir):
     # the masked filters' outputs are zero: the kernel, bias and BN scale and offset of each
     for conv, f in masks.removed():
         assert not np.any(wide.get_layer(conv).get_weights()[0][..., f])
+
+
+# Every reader of a prunable channel is a 1x1 conv, so folding a constant into it is exact (a 3x3
+# conv's zero padding reads zeros at the borders, not the constant): through max-pool, a shortcut,
+# a split, upsample and a concatenation; the head conv has a bias, not a BN.
+CONSTANT_CFG = """
+[net]
+width=64
+height=64
+channels=3
+
+# 0
+[convolutional]
+batch_normalize=1
+filters=16
+size=3
+stride=1
+pad=1
+activation=leaky
+
+# 1
+[maxpool]
+size=2
+stride=2
+
+# 2
+[convolutional]
+batch_normalize=1
+filters=16
+size=1
+stride=1
+pad=0
+activation=leaky
+
+# 3
+[convolutional]
+batch_normalize=1
+filters=16
+size=1
+stride=1
+pad=0
+activation=leaky
+
+# 4
+[shortcut]
+from=-2
+activation=linear
+
+# 5: the second half
+[route]
+layers=-1
+groups=2
+group_id=1
+
+# 6
+[convolutional]
+batch_normalize=1
+filters=16
+size=1
+stride=1
+pad=0
+activation=leaky
+
+# 7
+[upsample]
+stride=2
+
+# 8
+[route]
+layers=-1,0
+
+# 9
+[convolutional]
+batch_normalize=1
+filters=16
+size=1
+stride=1
+pad=0
+activation=leaky
+
+# 10
+[convolutional]
+filters=21
+size=1
+stride=1
+pad=0
+activation=linear
+
+# 11
+[yolo]
+mask=0,1,2
+anchors=10,14,  23,27,  37,58
+classes=2
+num=3
+"""
+QUIET = [0, 1, 2, 3, 8, 9, 10, 11]  # half of each conv's filters, a quarter of each half of the split
+
+
+def _quiet_model(family):
+    """Random weights, but the QUIET filters of every BN conv output about 2 whatever the image (BN scale
+    0.01, offset 2): the kind of filter YOLOv4-tiny has many of, carrying a constant the readers use."""
+    model = _wide(family)
+    for layer in model.layers:
+        if layer.name.startswith("bn_"):
+            gamma, beta, mean, variance = layer.get_weights()
+            gamma[QUIET], beta[QUIET] = 0.01, 2.0
+            layer.set_weights([gamma, beta, mean, variance])
+    return model
+
+
+def test_filters_are_ranked_by_their_output_spread_not_by_their_kernel(tmp_path):
+    """BN normalises a kernel's scale away: a filter whose kernel is 1000x smaller (and its BN statistics to
+    match) computes the same and must score the same; a filter whose output barely varies scores lowest.
+    The BN-folded kernel L1 norm ranked the shrunken filter 1000x lower."""
+    cfg = tmp_path / "constant.cfg"
+    cfg.write_text(CONSTANT_CFG)
+    family = get_family("yolov4_tiny", cfg=cfg)
+    model = _quiet_model(family)
+    before = filter_scores(model, dense_layers=family.dense_layers(model))["conv_9"]
+    conv, norm = model.get_layer("conv_9"), model.get_layer("bn_9")
+    kernel = conv.get_weights()[0]
+    kernel[..., 4] *= 1e-3
+    conv.set_weights([kernel])
+    gamma, beta, mean, variance = norm.get_weights()
+    mean[4], variance[4] = mean[4] * 1e-3, variance[4] * 1e-6
+    norm.set_weights([gamma, beta, mean, variance])
+    after = filter_scores(model, dense_layers=family.dense_layers(model))["conv_9"]
+    assert after[4] == pytest.approx(before[4], rel=1e-6)
+    assert set(np.argsort(after)[: len(QUIET)]) == set(QUIET)
+
+
+def test_masking_filters_that_carry_a_constant_keeps_the_outputs(tmp_path):
+    """The quiet filters go (a quarter of the removable ones) and their constant output is folded into
+    the readers: the masked and the thin network compute what the wide one did, to the quiet filters'
+    small spread; zeroing them without the fold (as before) moves the outputs by far more."""
+    cfg = tmp_path / "constant.cfg"
+    cfg.write_text(CONSTANT_CFG)
+    family = get_family("yolov4_tiny", cfg=cfg)
+    original = _quiet_model(family)
+    images = np.random.default_rng(1).uniform(0, 1, (2, RESOLUTION, RESOLUTION, 3)).astype(np.float32)
+    expected = [o.numpy() for o in original(images, training=False)]
+
+    def masked(absorb):
+        wide = _wide(family)
+        wide.set_weights(original.get_weights())
+        masks = FilterMasks(wide, filter_plan(wide, _spec(0.25), family=family),
+                            dense_layers=family.dense_layers(wide), absorb=absorb)
+        masks.update(1.0)
+        masks.apply()
+        return wide, masks
+
+    wide, masks = masked(family.absorb_constants)
+    assert len(masks.removed()) >= 16 and {f for _, f in masks.removed()} <= set(QUIET)
+    thin = family.thin(wide, masks.removed())
+    zeroed, _ = masked(None)
+    for got, thinner, without, want in zip(wide(images, training=False), thin(images, training=False),
+                                            zeroed(images, training=False), expected):
+        error, error_without = np.abs(got.numpy() - want).max(), np.abs(without.numpy() - want).max()
+        np.testing.assert_allclose(thinner.numpy(), got.numpy(), rtol=0, atol=1e-4)
+        assert error < 0.05 * error_without and error < 0.1, (error, error_without)
 
 
 @pytest.fixture(scope="module")
