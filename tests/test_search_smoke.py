@@ -24,7 +24,21 @@ PINNED_SEARCH = ("budget.sampler=random", f"budget.trials={PINNED_TRIALS}")
 # A limit the pinned search half meets (int8 is 6.0 MB, float32 23.5 MB); the random sampler
 # proposes the same trials with it or without it.
 CONSTRAINT = "constraints.max_size_bytes=10000000"
-PINNED = json.loads((ROOT / "tests" / "fixtures" / "smoke_random_5_trials.json").read_text())["trials"]
+# Pinned per vector ISA: TensorFlow's float kernels sum in another order with AVX-512 than with
+# AVX2, so the same seeded training gives other mAP digits (the sizes and proposals are the same).
+PINNED_FILES = {"avx2": "smoke_random_5_trials.json", "avx512": "smoke_random_5_trials_avx512.json"}
+
+
+def _vector_isa() -> str | None:
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return None
+    return "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else None
+
+
+ISA = _vector_isa()
+PINNED = json.loads((ROOT / "tests" / "fixtures" / PINNED_FILES.get(ISA, PINNED_FILES["avx2"])).read_text())["trials"]
 
 
 @pytest.fixture(scope="module")
@@ -123,9 +137,12 @@ def test_the_seeded_search_measures_what_it_measured_before_the_redesign(smoke_r
     records = json.loads((run_dir / "trials.json").read_text())["trials"]
     found = [{"params": r["params"], **{k: r["metrics"][k] for k in ("map50", "map", "size_bytes")}} for r in records]
     assert len(found) == PINNED_TRIALS
-    for now in found:
-        (before,) = [p for p in PINNED if p["params"] == now["params"]]  # one of the recorded trials
-        assert now["size_bytes"] == before["size_bytes"]
+    pairs = [(now, *[p for p in PINNED if p["params"] == now["params"]]) for now in found]
+    assert all(len(pair) == 2 for pair in pairs), found  # each one of the recorded trials
+    assert all(now["size_bytes"] == before["size_bytes"] for now, before in pairs)
+    if ISA not in PINNED_FILES:
+        pytest.skip(f"no mAPs pinned for this CPU (neither AVX2 nor AVX-512 found in /proc/cpuinfo); proposals and sizes checked")
+    for now, before in pairs:
         assert now["map50"] == pytest.approx(before["map50"], abs=1e-9)
         assert now["map"] == pytest.approx(before["map"], abs=1e-9)
 
