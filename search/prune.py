@@ -60,25 +60,28 @@ def prune(model: keras.Model, spec: PruningSpec, *, steps: int, dense_layers: Se
     ``none`` returns a plain clone. Raises ``SpaceError`` when ``steps`` is too short for the
     schedule to prune and recover.
     """
-    from search.compat import tfmot
-
     row = SCHEDULES[spec.schedule]
     if spec.removes_filters:
         raise ValueError(f"prune wraps weights for TFMOT; structure {spec.structure!r} removes filters "
                          "(prune_and_fine_tune with the family), but got it here.")
     _check_steps(spec, steps)
-    params = {}
+    wrapping = None
     if row.prunes:
-        params = {
-            "pruning_schedule": row.build(spec, pruning_timing(steps=steps)),
-            "sparsity_m_by_n": STRUCTURES[spec.structure].m_by_n,
-        }
+        wrapping = {"pruning_schedule": row.build(spec, pruning_timing(steps=steps)),
+                    "sparsity_m_by_n": STRUCTURES[spec.structure].m_by_n}
+    return _wrapped_clone(model, dense_layers=dense_layers, wrapping=wrapping)
+
+
+def _wrapped_clone(model: keras.Model, *, dense_layers: Sequence[str], wrapping: dict | None) -> keras.Model:
+    """A clone of ``model`` with its weights, each prunable conv wrapped by TFMOT's
+    ``prune_low_magnitude(**wrapping)`` (``None``: a plain clone)."""
+    from search.compat import tfmot
 
     def clone_layer(layer):
         # A fresh layer from its config: wrapping `layer` itself would share (and prune) its weights.
         fresh = layer.__class__.from_config(layer.get_config())
-        if row.prunes and is_pruned_layer(layer, dense_layers=dense_layers):
-            return tfmot.sparsity.keras.prune_low_magnitude(fresh, **params)
+        if wrapping is not None and is_pruned_layer(layer, dense_layers=dense_layers):
+            return tfmot.sparsity.keras.prune_low_magnitude(fresh, **wrapping)
         return fresh
 
     clone = keras.models.clone_model(model, clone_function=clone_layer)
@@ -97,16 +100,8 @@ def prune_at_once(model: keras.Model, spec: PruningSpec, *, dense_layers: Sequen
         raise ValueError(f"prune_at_once zeroes weights, so it needs a pruning schedule and structure "
                          f"'unstructured' or '2:4', but got {spec.schedule!r} and {spec.structure!r}.")
     schedule = tfmot.sparsity.keras.ConstantSparsity(spec.sparsity, begin_step=0, frequency=1)
-    m_by_n = STRUCTURES[spec.structure].m_by_n
-
-    def clone_layer(layer):
-        fresh = layer.__class__.from_config(layer.get_config())
-        if is_pruned_layer(layer, dense_layers=dense_layers):
-            return tfmot.sparsity.keras.prune_low_magnitude(fresh, pruning_schedule=schedule, sparsity_m_by_n=m_by_n)
-        return fresh
-
-    clone = keras.models.clone_model(model, clone_function=clone_layer)
-    copy_weights(model, clone)
+    clone = _wrapped_clone(model, dense_layers=dense_layers,
+                           wrapping={"pruning_schedule": schedule, "sparsity_m_by_n": STRUCTURES[spec.structure].m_by_n})
     for layer in clone.layers:
         if hasattr(layer, "pruning_obj"):
             # Step 1 is when TFMOT sets m-by-n masks, and ConstantSparsity(begin_step=0) masks every step.
