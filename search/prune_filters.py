@@ -1,56 +1,53 @@
-"""Filter pruning: rank filters, mask them over the fine-tune as the schedule says, then remove them.
+"""Filter pruning: choose filters, mask them over the fine-tune as the schedule says, then remove them.
 
 The network family decides which filters can only go together (``ModelFamily.filter_clusters``:
-shortcut operands, the halves of a channel split, the heads that stay) and how to rebuild the
-network without them (``ModelFamily.thin``); this module decides which and when.
+shortcut operands, the halves of a channel split, the heads that stay), which convs read each
+filter (``ModelFamily.channel_readers``) and how to rebuild the network without them
+(``ModelFamily.thin``); this module decides how many, which and when.
 
-- **Rank**: how much each filter's output varies: the standard deviation of ``act(gamma * z +
-  beta)``, its BN's scale and offset on a standard normal z (``output_statistics``: the BN's
-  moving statistics make its input z of mean 0 and variance 1 on the data it saw, so no image is
-  needed). BatchNorm divides the kernel's scale away, so the kernel's norm, even BN-folded, says
-  nothing of what the filter outputs: on the official weights of the default family, removing
-  10% of the filters by the BN-folded kernel L1 norm took coco128 AP50 from 0.50 to 0.002, by the
-  spread to 0.26 (``benchmarks/filter_pruning_accuracy.py``). A conv without a BN is ranked by its
-  kernel's L1 norm. A unit's score is its filters' mean.
 - **How many**: ``target_sparsity`` of the removable filters (every conv's but the family's dense
   layers' and those its ties keep, e.g. a logistic conv's; for the family cfgs, every filter of
   every conv but the heads), spread evenly over the clusters, each keeping a multiple of its ``step`` of units so
   kept widths are multiples of 8 where the ties allow; the rounding is spread (largest remainder)
-  so the total stays within a few filters of the target. ``filter_widths`` records it.
+  so the total stays within a few filters of the target. ``filter_widths`` records it. (One
+  ranking over all layers instead, measured: worse at every target; see ``benchmarks/README.md``.)
+- **Which**: those the filters that stay can best stand in for, on real images
+  (``search.filter_replacement.choose_units``): at each mask update, every reader's input
+  statistics over ``STATISTICS_IMAGES`` training images, then, greedily, the unit whose channels
+  the kept ones predict best, weighed by how strongly their readers use them.
 - **When**: the trial's TFMOT schedule, read at each step (``search.pruning.pruning_timing``):
   where it updates masks, ``schedule sparsity / target`` of each cluster's final removal is
-  masked, the lowest-ranked remaining units first (once masked, always masked). A filter's output
-  is replaced by its mean (``mean_outputs``: the mean of ``act(gamma * z + beta)``), not by zero:
-  when it is masked, the family folds that constant into the layers reading it (``ModelFamily.
-  absorb_constants``: their bias or BN moving mean), then its kernel, bias and BN scale and offset
-  are zeroed before every step, so its output is zero after its activation and the rest of the
-  network learns without it. Zeroing alone would drop the mean, which the readers were trained
-  with: the low-kernel-norm filters the old ranking removed often output constants above 1; the
-  low-spread ones this ranking removes mostly output less (median -0.15 at 10%, official weights),
-  so there the fold matters less (see ``benchmarks/README.md``).
+  masked (once masked, always masked). Each newly masked filter's output is replaced in its
+  readers by its least-squares fit on the kept channels (``fold_replacements``: their kernels and
+  bias or BN moving mean take it), then its kernel, bias and BN scale and offset are zeroed before
+  every step, so its output is zero after its activation and the rest of the network learns
+  without it. Zeroing alone drops what the readers were trained with; folding only its mean kept
+  10% of the official weights' filters at coco128 AP50 0.26 of 0.50, the fit at 0.43.
 - **Remove**: at the end the masked filters are removed (``ModelFamily.thin``): the thinner
   network computes exactly what the masked one does.
+
+Channel splits pair the j-th channel of one half with the j-th of the other by ``filter_scores``
+(the spread of each filter's output from its BN's statistics, no image needed), so the halves stay
+even and alike.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from search.compat import keras, tf
+from search.filter_replacement import choose_units, fold_replacements, norm_after, reader_statistics
 from search.models.family import FilterCluster, ModelFamily
 from search.pruning import SCHEDULES, PruningSpec, pruning_timing
 
-
-def _norm_after(layer):
-    """The BatchNormalization reading ``layer``'s output alone, or None."""
-    nodes = layer.outbound_nodes
-    if len(nodes) == 1 and isinstance(nodes[0].outbound_layer, keras.layers.BatchNormalization):
-        return nodes[0].outbound_layer
-    return None
+# Training images the stand-ins are fitted on at each mask update: 64 at 416 px give the deepest
+# readers (13 x 13 maps) ~10,800 samples for at most 512 channels; a forward pass over them is a
+# few seconds there and well under one at the search's resolutions.
+STATISTICS_IMAGES = 64
 
 
 ACTIVATION_LAYERS = (keras.layers.LeakyReLU, keras.layers.ReLU, keras.layers.Activation)
@@ -79,7 +76,7 @@ def output_statistics(model: keras.Model, conv: str) -> tuple[np.ndarray, np.nda
     """Each filter's output mean and standard deviation after its BN and activation, from the BN's
     statistics (``act(gamma * z + beta)``, z standard normal); None for a conv without a BN."""
     layer = model.get_layer(conv)
-    norm = _norm_after(layer)
+    norm = norm_after(layer)
     if norm is None:
         return None
     gamma, beta = keras.backend.get_value(norm.gamma), keras.backend.get_value(norm.beta)
@@ -109,24 +106,6 @@ def filter_scores(model: keras.Model, *, dense_layers: Sequence[str]) -> dict[st
             statistics = output_statistics(model, layer.name)
             scores[layer.name] = _kernel_l1(layer) if statistics is None else statistics[1]
     return scores
-
-
-def mean_outputs(model: keras.Model, filters: Sequence[tuple[str, int]]) -> dict[tuple[str, int], float]:
-    """(conv, filter) -> the constant a removed filter is replaced by: its mean output
-    (``output_statistics``); for a conv without a BN, what it outputs with its kernel gone (its bias,
-    activated)."""
-    means = {}
-    for conv in {conv for conv, _ in filters}:
-        statistics = output_statistics(model, conv)
-        if statistics is None:
-            layer = model.get_layer(conv)
-            bias = keras.backend.get_value(layer.bias) if layer.use_bias else np.zeros(_filters(layer), np.float32)
-            activation = _activation_after(layer)
-            mean = np.asarray(activation(bias[None])[0]) if activation is not None else bias
-        else:
-            mean = statistics[0]
-        means.update({(c, f): float(mean[f]) for c, f in filters if c == conv})
-    return means
 
 
 def _filters(layer) -> int:
@@ -192,28 +171,35 @@ class FilterMasks:
     """The filters masked so far, applied to a model's weights before every step."""
 
     def __init__(self, model: keras.Model, plan: FilterPlan, *, dense_layers: Sequence[str],
-                 absorb: Callable[[keras.Model, dict[tuple[str, int], float]], None] | None):
-        """``absorb`` is the family's ``absorb_constants``; None zeroes the masked outputs without folding
-        their means into the readers (``benchmarks/filter_pruning_accuracy.py`` measures what that costs)."""
-        self.model, self.plan, self.dense_layers, self.absorb = model, plan, tuple(dense_layers), absorb
+                 readers: Mapping[tuple[str, int], Sequence[tuple[str, int]]], images: np.ndarray):
+        """``readers``: the family's ``channel_readers(model)``; ``images``: uint8 training images, of which
+        ``STATISTICS_IMAGES`` (evenly spaced) show the filters at work at each mask update."""
+        self.model, self.plan, self.dense_layers, self.readers = model, plan, tuple(dense_layers), readers
+        picked = np.linspace(0, len(images) - 1, min(len(images), STATISTICS_IMAGES)).round().astype(int)
+        self.images = images[np.unique(picked)].astype(np.float32) / 255.0
         self.masked: list[list[int]] = [[] for _ in plan.clusters]  # unit indices, per cluster
         self._vectors: dict[str, tf.Tensor] = {}
 
     def update(self, fraction: float) -> None:
-        """Mask ``fraction`` of each cluster's final removal: its lowest-ranked unmasked units next, each
-        newly masked filter's mean output folded into its readers (``absorb``) while it still has it."""
-        scores = filter_scores(self.model, dense_layers=self.dense_layers)
-        before = set(self.removed())
-        for cluster, final, masked in zip(self.plan.clusters, self.plan.removals, self.masked):
-            want = min(final, math.floor(final * fraction + 1e-9))
-            if want <= len(masked):
-                continue
-            rest = [u for u in range(len(cluster.units)) if u not in set(masked)]
-            rest.sort(key=lambda u: float(np.mean([scores[conv][f] for conv, f in cluster.units[u]])))
-            masked.extend(rest[: want - len(masked)])
-        newly = [member for member in self.removed() if member not in before]
-        if newly and self.absorb is not None:  # before apply zeroes them: their means, folded into the readers
-            self.absorb(self.model, mean_outputs(self.model, newly))
+        """Mask ``fraction`` of each cluster's final removal: the units the kept filters stand in for best
+        next, each newly masked filter's least-squares stand-in folded into its readers while it still has
+        its output (``search.filter_replacement``)."""
+        more = [max(0, min(final, math.floor(final * fraction + 1e-9)) - len(masked))
+                for final, masked in zip(self.plan.removals, self.masked)]
+        if not any(more):
+            return
+        before = self.removed()
+        statistics = reader_statistics(self.model, {r for where in self.readers.values() for r, _ in where},
+                                       self.images)
+        open_units = [[u for u in range(len(cluster.units)) if u not in set(masked)]
+                      for cluster, masked in zip(self.plan.clusters, self.masked)]
+        chosen = choose_units(self.model, [[cluster.units[u] for u in units]
+                                           for cluster, units in zip(self.plan.clusters, open_units)],
+                              more, readers=self.readers, statistics=statistics, gone=before)
+        for masked, units, picks in zip(self.masked, open_units, chosen):
+            masked.extend(units[i] for i in picks)
+        newly = [member for member in self.removed() if member not in set(before)]
+        fold_replacements(self.model, newly, readers=self.readers, statistics=statistics, gone=before)
         keep: dict[str, np.ndarray] = {}
         for conv, f in self.removed():
             layer = self.model.get_layer(conv)
@@ -226,7 +212,7 @@ class FilterMasks:
         for conv, keep in self._vectors.items():
             layer = self.model.get_layer(conv)
             variables = list(layer.weights)  # kernel (..., out), bias (out,)
-            norm = _norm_after(layer)
+            norm = norm_after(layer)
             if norm is not None:
                 variables += [norm.gamma, norm.beta]
             for variable in variables:
@@ -282,7 +268,8 @@ def remove_filters_and_fine_tune(model: keras.Model, spec: PruningSpec, *, famil
     wide.set_weights(model.get_weights())
     dense = family.dense_layers(wide)
     plan = filter_plan(wide, spec, family=family)
-    masks = FilterMasks(wide, plan, dense_layers=dense, absorb=family.absorb_constants)
+    masks = FilterMasks(wide, plan, dense_layers=dense, readers=family.channel_readers(wide),
+                        images=train_kwargs["images"])
     train(wide, steps=steps, on_step=schedule_hook(masks, spec, steps=steps), **train_kwargs)
     thin = family.thin(wide, masks.removed())
     return thin, measured_filter_sparsity(wide, thin, plan, dense_layers=dense)

@@ -43,8 +43,9 @@ from search.files import write_text_atomic
 
 # Bump when prune/fine-tune code changes what a cached stage would contain. (2: the card holds
 # the network's architecture beside the weights; 3: filter pruning ranks by output spread and folds
-# a removed filter's mean into its readers.)
-STAGE_VERSION = 3
+# a removed filter's mean into its readers; 4: it removes the filters the kept ones stand in for best,
+# their least-squares fits folded into the readers.)
+STAGE_VERSION = 4
 HEARTBEAT_S = 5.0  # how often the holder proves it is alive
 STALE_AFTER_S = 30.0  # a lock untouched this long is a dead holder's (6 missed heartbeats)
 POLL_S = 0.5  # how often a waiter looks for the result

@@ -83,18 +83,8 @@ def test_a_weight_of_zero_or_below_is_refused(teacher):
             Distillation(teacher, weight)
 
 
-# Filters: since filter pruning ranks by the output's spread and folds a removed filter's mean into
-# its readers (after this test was written), the distilled student ends farther from the teacher
-# in inference mode than the plain one (distillation loss 62.0 vs 24.4, 2026-12-04), though it
-# trained on the same loss; not understood yet (BatchNorm moving statistics after 10 steps against
-# the folded means is the first suspect). Strict: the day it passes, this mark must go.
-FILTERS_AFTER_THE_NEW_RANKING = pytest.mark.xfail(strict=True, reason="distilled filter-pruned student farther from "
-                                                  "the teacher than the plain one since the output-spread ranking")
-
-
 @pytest.mark.parametrize("spec", [PruningSpec(schedule="constant", target_sparsity=0.5),
-                                  pytest.param(PruningSpec(schedule="polynomial_decay", target_sparsity=0.5,
-                                                           structure="filters"), marks=FILTERS_AFTER_THE_NEW_RANKING)],
+                                  PruningSpec(schedule="polynomial_decay", target_sparsity=0.5, structure="filters")],
                          ids=["unstructured", "filters"])
 def test_pruning_fine_tunes_distil_from_the_unpruned_model(spec, data):
     base = _model(0)

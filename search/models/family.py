@@ -136,10 +136,10 @@ class ModelFamily:
     # (model, removed: a set of (conv name, filter)) -> the thinner network with the remaining weights,
     # computing what ``model`` computes with the removed filters' outputs zero after their activation
     thin: Callable[..., Any]
-    # (model, constants: (conv name, filter) -> value) -> None: folds those filters' outputs, taken as the
-    # constants, into the layers reading them, in place, so the network computes the same once the
-    # outputs read zero (filter pruning replaces a removed filter by its mean output, not by zero)
-    absorb_constants: Callable[..., None]
+    # model -> (conv name, filter) -> ((reader conv name, input position), ...): the convs reading each
+    # filter's output and where; filter pruning fits a removed filter's stand-in on those readers' inputs
+    # and folds it into them (search.filter_replacement)
+    channel_readers: Callable[[Any], dict[tuple[str, int], tuple[tuple[str, int], ...]]]
     # num_classes -> the export card's "outputs" section
     card: Callable[[int], dict[str, Any]]
     # (cfg_path, weights_path) -> num_classes: checks pretrained files without building anything

@@ -5,7 +5,7 @@
 and ``filters`` of the conv before it rewritten) and the trial's resolution; ``heads``, the
 convs that stay dense and the channel splits are read from its ``[yolo]`` and ``[route]``
 sections; ``architecture`` is the cfg text that rebuilds a model (its widths read from the model,
-so a thinner network is just another cfg); ``filter_clusters``, ``absorb_constants`` and ``thin`` are filter pruning's
+so a thinner network is just another cfg); ``filter_clusters``, ``channel_readers`` and ``thin`` are filter pruning's
 seam (``search.models.darknet.filters``); ``darknet_files`` writes a model back as cfg +
 weights. ``with_cfg(path)`` gives the same family made from another cfg file.
 
@@ -123,10 +123,10 @@ def darknet_family(template: Cfg, *, name: str, display_name: str, description: 
 
         return thin_model(model, read_network(model_cfg(model, template)), removed)
 
-    def absorb_constants(model, constants):
-        from search.models.darknet.filters import absorb_constants as absorb
+    def channel_readers(model):
+        from search.models.darknet.filters import channel_readers as readers
 
-        absorb(model, read_network(model_cfg(model, template)), constants)
+        return readers(read_network(model_cfg(model, template)))
 
     def darknet_files(model) -> tuple[str, bytes]:
         from search.models.darknet.weights import darknet_weights_bytes
@@ -144,7 +144,7 @@ def darknet_family(template: Cfg, *, name: str, display_name: str, description: 
         dense_layers=lambda model: fixed.dense_layers, head_layers=lambda model: fixed.head_layers,
         channel_split_layers=lambda model: fixed.split_layers,
         architecture=architecture, from_architecture=from_architecture, filter_clusters=filter_clusters, thin=thin,
-        absorb_constants=absorb_constants,
+        channel_readers=channel_readers,
         card=lambda num_classes: network(num_classes).heads().card(),
         check_files=_check_files, load_pretrained=_load_pretrained, darknet_files=darknet_files, with_cfg=with_cfg,
     )

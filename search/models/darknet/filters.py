@@ -5,7 +5,9 @@ every layer that moves it (max-pool, upsample, routes, shortcuts) to the convs t
 groups the filters into units that can only be removed whole (``search.models.family.FilterCluster``).
 ``thin_model(model, network, removed)`` writes the cfg with fewer filters, builds it, and copies
 the remaining weights: a thinner network is just another cfg, so the stage cache and the export
-take it as they take any.
+take it as they take any. ``channel_readers(network)`` says which convs read each filter, and
+where in their input: filter pruning fits a removed filter's stand-in there
+(``search.filter_replacement``).
 
 What ties filters, and why:
 
@@ -21,10 +23,7 @@ What ties filters, and why:
 
 The rebuild is exact: the thinner network computes what the wide one computes with the removed
 channels set to zero after their activation (a zero channel adds nothing to the convs reading it,
-and max-pool, upsample and routes only move it). Before they are zeroed, ``absorb_constants``
-folds the constant filter pruning replaces each removed output by (its mean) into the convs
-reading it, so zeroing keeps that part of what the network computes. TensorFlow-free until a
-model is built.
+and max-pool, upsample and routes only move it). TensorFlow-free until a model is built.
 """
 
 from __future__ import annotations
@@ -232,61 +231,18 @@ def thin_model(model, network: Network, removed: Collection[tuple[str, int]]):
     return thin
 
 
-def _activated(model, index: int, activation: str, values: np.ndarray) -> np.ndarray:
-    """``values`` through layer ``index``'s activation, by its own Keras layer (none for linear)."""
-    if activation == "linear":
-        return values
-    return np.asarray(model.get_layer(f"{activation}_{index}")(values[None].astype(np.float32)))[0]
+def channel_readers(network: Network) -> dict[tuple[str, int], tuple[tuple[str, int], ...]]:
+    """(conv name, filter) -> ((reader conv name, input position), ...): every plain conv that reads the
+    filter's output, through max-pool, upsample, routes and shortcuts, and where in its input.
 
-
-def _shift(model, index: int, conv: Conv, constants: Mapping[int, float]) -> None:
-    """Conv ``index`` reads ``constants`` (input position -> value): add what they contribute to its bias,
-    or take it from its BN's moving mean, so the conv computes the same once those inputs read zero."""
-    positions = sorted(constants)
-    kernel = model.get_layer(f"conv_{index}").get_weights()[0]
-    delta = np.einsum("hwpo,p->o", kernel[:, :, positions, :], np.array([constants[p] for p in positions], np.float32))
-    if conv.batch_normalize:
-        norm = model.get_layer(f"bn_{index}")
-        gamma, beta, mean, variance = norm.get_weights()
-        norm.set_weights([gamma, beta, mean - delta, variance])
-    else:
-        layer = model.get_layer(f"conv_{index}")
-        layer.set_weights([kernel, layer.get_weights()[1] + delta])
-
-
-def absorb_constants(model, network: Network, constants: Mapping[tuple[str, int], float]) -> None:
-    """Fold ``constants`` ((conv name, filter) -> the value its output is taken to be) into the convs
-    reading those filters, in place, so the network computes the same once their outputs read zero.
-
-    Filter pruning replaces a removed filter's output by a constant (its mean) rather than by zero:
-    the next layers were trained with it.
-    Each reader's bias (or BN moving mean) takes the constant's contribution, through max-pool,
-    upsample, routes and shortcuts (a constant stays one; a shortcut adds its operands' and
-    activates the sum). Exact but at the borders, where a conv's zero padding reads zeros, not the
-    constant. The filters must be whole units of ``filter_clusters`` (a shortcut's operands together).
+    A shortcut's output position is listed under its first operand's filter (the ties remove both
+    operands together); grouped convs are left out, since the ties keep their inputs.
     """
-    channels = _removed_channels(network, constants)
-    value = {(int(name.split("_")[1]), int(f)): float(v) for (name, f), v in constants.items()}
     origins, _ = _trace(network, _Ties())
-    carried: dict[int, dict[int, float]] = {IMAGE: {}}  # layer -> output position -> the constant there
-    for layer in network.layers:
-        op, inputs = layer.op, [carried[i] for i in layer.inputs]
-        if isinstance(op, Conv):
-            if inputs[0]:  # grouped convs keep their inputs (see _trace): only plain convs read removed channels
-                _shift(model, layer.index, op, inputs[0])
-            carried[layer.index] = {f: value[layer.index, f] for f in range(op.filters) if (layer.index, f) in channels}
-        elif isinstance(op, Route) and op.groups > 1:
-            run = len(origins[layer.inputs[0]]) // op.groups
-            start = run * op.group_id
-            carried[layer.index] = {p - start: v for p, v in inputs[0].items() if start <= p < start + run}
-        elif isinstance(op, Route):
-            offsets = np.cumsum([0] + [len(origins[i]) for i in layer.inputs])
-            carried[layer.index] = {int(offset) + p: v for offset, source in zip(offsets, inputs)
-                                    for p, v in source.items()}
-        elif isinstance(op, Shortcut):  # the ties remove both operands of a channel or neither
-            first, second = inputs
-            positions = sorted(first)
-            summed = np.array([first[p] + second[p] for p in positions], np.float32)
-            carried[layer.index] = dict(zip(positions, _activated(model, layer.index, op.activation, summed).tolist()))
-        else:  # max-pool, upsample, yolo: the same channels, the same constants
-            carried[layer.index] = dict(inputs[0])
+    readers: dict[tuple[str, int], list[tuple[str, int]]] = {}
+    for layer in network.of(Conv):
+        if layer.op.groups == 1:
+            for position, channel in enumerate(origins[layer.inputs[0]]):
+                if channel is not None:
+                    readers.setdefault((f"conv_{channel[0]}", channel[1]), []).append((f"conv_{layer.index}", position))
+    return {channel: tuple(where) for channel, where in readers.items()}

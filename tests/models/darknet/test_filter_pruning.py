@@ -41,10 +41,19 @@ def _wide(family, seed=0):
     return randomized(family.build(num_classes=2, resolution=RESOLUTION), seed)
 
 
+def _images(count=8):
+    """uint8 images, as training hands them to filter pruning's statistics."""
+    return np.random.default_rng(2).integers(0, 256, (count, RESOLUTION, RESOLUTION, 3), dtype=np.uint8)
+
+
+def _masks(model, family, spec):
+    return FilterMasks(model, filter_plan(model, spec, family=family), dense_layers=family.dense_layers(model),
+                       readers=family.channel_readers(model), images=_images())
+
+
 def _removed(model, family, target):
-    """The filters the plan removes at ``target`` (ranked on the model's weights), without training."""
-    masks = FilterMasks(model, filter_plan(model, _spec(target), family=family), dense_layers=family.dense_layers(model),
-                        absorb=family.absorb_constants)
+    """The filters the plan removes at ``target`` (chosen on the model's weights and a few images), without training."""
+    masks = _masks(model, family, _spec(target))
     masks.update(1.0)
     return masks
 
@@ -133,8 +142,7 @@ def test_the_schedule_masks_gradually_and_reaches_the_target(cfg_dir):
     wide = _wide(family)
     steps = 20
     spec = _spec(0.5)
-    masks = FilterMasks(wide, filter_plan(wide, spec, family=family), dense_layers=family.dense_layers(wide),
-                        absorb=family.absorb_constants)
+    masks = _masks(wide, family, spec)
     hook = schedule_hook(masks, spec, steps=steps)
     counts = []
     for step in range(steps + 1):
@@ -256,13 +264,17 @@ def _quiet_model(family):
     return model
 
 
-def test_filters_are_ranked_by_their_output_spread_not_by_their_kernel(tmp_path):
-    """BN normalises a kernel's scale away: a filter whose kernel is 1000x smaller (and its BN statistics to
-    match) computes the same and must score the same; a filter whose output barely varies scores lowest.
-    The BN-folded kernel L1 norm ranked the shrunken filter 1000x lower."""
+def _constant_family(tmp_path):
     cfg = tmp_path / "constant.cfg"
     cfg.write_text(CONSTANT_CFG)
-    family = get_family("yolov4_tiny", cfg=cfg)
+    return get_family("yolov4_tiny", cfg=cfg)
+
+
+def test_split_halves_are_paired_by_output_spread_not_by_kernel(tmp_path):
+    """BN normalises a kernel's scale away: a filter whose kernel is 1000x smaller (and its BN statistics to
+    match) computes the same and must score the same; a filter whose output barely varies scores lowest.
+    The BN-folded kernel L1 norm scored the shrunken filter 1000x lower."""
+    family = _constant_family(tmp_path)
     model = _quiet_model(family)
     before = filter_scores(model, dense_layers=family.dense_layers(model))["conv_9"]
     conv, norm = model.get_layer("conv_9"), model.get_layer("bn_9")
@@ -277,35 +289,67 @@ def test_filters_are_ranked_by_their_output_spread_not_by_their_kernel(tmp_path)
     assert set(np.argsort(after)[: len(QUIET)]) == set(QUIET)
 
 
-def test_masking_filters_that_carry_a_constant_keeps_the_outputs(tmp_path):
-    """The quiet filters go (a quarter of the removable ones) and their constant output is folded into
-    the readers: the masked and the thin network compute what the wide one did, to the quiet filters'
-    small spread; zeroing them without the fold (as before) moves the outputs by far more."""
-    cfg = tmp_path / "constant.cfg"
-    cfg.write_text(CONSTANT_CFG)
-    family = get_family("yolov4_tiny", cfg=cfg)
-    original = _quiet_model(family)
-    images = np.random.default_rng(1).uniform(0, 1, (2, RESOLUTION, RESOLUTION, 3)).astype(np.float32)
-    expected = [o.numpy() for o in original(images, training=False)]
-
-    def masked(absorb):
-        wide = _wide(family)
-        wide.set_weights(original.get_weights())
-        masks = FilterMasks(wide, filter_plan(wide, _spec(0.25), family=family),
-                            dense_layers=family.dense_layers(wide), absorb=absorb)
-        masks.update(1.0)
-        masks.apply()
-        return wide, masks
-
-    wide, masks = masked(family.absorb_constants)
-    assert len(masks.removed()) >= 16 and {f for _, f in masks.removed()} <= set(QUIET)
+def _outputs_after_masking(family, original, images):
+    """(the masked copy's outputs, the thin network's, the wide one with the removed channels merely
+    zeroed, the masks) at 25% of the filters."""
+    wide = _wide(family)
+    wide.set_weights(original.get_weights())
+    masks = _removed(wide, family, 0.25)
+    masks.apply()
     thin = family.thin(wide, masks.removed())
-    zeroed, _ = masked(None)
-    for got, thinner, without, want in zip(wide(images, training=False), thin(images, training=False),
-                                            zeroed(images, training=False), expected):
-        error, error_without = np.abs(got.numpy() - want).max(), np.abs(without.numpy() - want).max()
-        np.testing.assert_allclose(thinner.numpy(), got.numpy(), rtol=0, atol=1e-4)
-        assert error < 0.05 * error_without and error < 0.1, (error, error_without)
+    zeroed = masked_reference(original, family, masks.removed(), images)
+    return [o.numpy() for o in wide(images, training=False)], [o.numpy() for o in thin(images, training=False)], \
+        zeroed, masks
+
+
+def _assert_kept(got, thinner, zeroed, expected, *, atol):
+    for mine, thin, without, want in zip(got, thinner, zeroed, expected):
+        error, error_without = np.abs(mine - want).max(), np.abs(without - want).max()
+        np.testing.assert_allclose(thin, mine, rtol=0, atol=1e-4)  # the rebuild computes what the masks do
+        assert error < 0.05 * error_without and error < atol, (error, error_without)
+
+
+def test_filters_that_carry_a_constant_go_first_and_their_readers_keep_it(tmp_path):
+    """The quiet filters (a quarter of the removable ones) are the cheapest to stand in for: they go, and
+    their constant output is folded into the readers, so the masked and the thin network compute what the
+    wide one did, to the quiet filters' small spread; zeroing them moves the outputs by far more."""
+    family = _constant_family(tmp_path)
+    original = _quiet_model(family)
+    images = _images(2).astype(np.float32) / 255.0
+    expected = [o.numpy() for o in original(images, training=False)]
+    got, thinner, zeroed, masks = _outputs_after_masking(family, original, images)
+    assert len(masks.removed()) >= 16 and {f for _, f in masks.removed()} <= set(QUIET)
+    _assert_kept(got, thinner, zeroed, expected, atol=0.1)
+
+
+def _twins_model(family):
+    """Random weights, but every BN conv's filter 2k+1 a copy of filter 2k (kernel and BN): each channel
+    has a twin its readers could read instead."""
+    model = _wide(family)
+    for layer in model.layers:
+        if layer.name.startswith("bn_"):
+            conv = model.get_layer(layer.name.replace("bn_", "conv_"))
+            kernel = conv.get_weights()[0]
+            kernel[..., 1::2] = kernel[..., 0::2]
+            conv.set_weights([kernel])
+            values = layer.get_weights()
+            for v in values:
+                v[1::2] = v[0::2]
+            layer.set_weights(values)
+    return model
+
+
+def test_a_filter_with_a_twin_goes_and_its_readers_read_the_twin(tmp_path):
+    """Removing one of two identical filters loses nothing when the readers read the other twice as hard:
+    the least-squares fit finds that, and the choice never takes both twins."""
+    family = _constant_family(tmp_path)
+    original = _twins_model(family)
+    images = _images(2).astype(np.float32) / 255.0
+    expected = [o.numpy() for o in original(images, training=False)]
+    got, thinner, zeroed, masks = _outputs_after_masking(family, original, images)
+    removed = set(masks.removed())
+    assert removed and not any((conv, f ^ 1) in removed for conv, f in removed)
+    _assert_kept(got, thinner, zeroed, expected, atol=0.05)
 
 
 @pytest.fixture(scope="module")
