@@ -1,12 +1,13 @@
 """Latency references matched to the trial's resolution ("rungs"), all on the anchor's scale.
 
-A trial's model is timed against the reference built at its own resolution (``search.timing.reference``),
-because only that cancels the host's drift for small models. On the AVX-512 host (2026-12-07),
-the per-pair ratio of int8 YOLOv4-tiny at 96 px spread, over 8 windows of 6 s (idle / with a
-search beside it), 8.6% / 11.1% against the 256 px reference, 11.7% / 9.0% against a 160 px one,
-and 1.0% / 1.7% against a 96 px one; at 416 px, 1.6% / 1.9% against 256 px and 0.8% / 0.7%
-against 416 px. The drift hits workloads of different working-set size differently, and the
-nearest cost is not enough (160 px was worse than 256 px for 96 px).
+A trial's model is timed against the reference built at its own resolution
+(``search.timing.reference``): only that cancels the host's drift for small models. On the
+AVX-512 host (2026-12-07), the per-pair ratio of the default network, int8 at 96 px, spread over
+8 windows of 6 s (idle / with a search beside it) 8.6% / 11.1% against the 256 px reference,
+11.7% / 9.0% against a 160 px one, and 1.0% / 1.7% against a 96 px one; at 416 px, 1.6% / 1.9%
+against 256 px and 0.8% / 0.7% against 416 px. The drift hits workloads of different
+working-set size differently, and the nearest cost is not enough (160 px was worse than 256 px
+for 96 px).
 
 Each rung's latency on a node is its link, the median per-pair ratio rung / anchor over one
 interleaved measurement (``latency_reference_seconds``, once per node, kept there), times the
