@@ -13,9 +13,10 @@ do not depend on the weights' values. Per cfg:
   ``size^2 * c * out_h * out_w``, comparisons Darknet adds to its printed total);
 - float32 and int8 TFLite size (int8 calibrated on 4 random images: the size does not depend on them);
 - latency of each as a trial measures it (``search.objectives.latency``: invokes alternated with
-  the latency reference, ``latency_ms`` = median per-pair ratio x the reference's latency on this
-  node; at least ``--min-seconds``, holding the node lock exclusively), and the raw median of the
-  model's own invokes beside it (``_raw_ms``), which drifts with the host.
+  the latency reference built at 416 px, ``latency_ms`` = median per-pair ratio x that reference's
+  latency on this node, its link to the 256 px anchor x the anchor's; at least ``--min-seconds``,
+  holding the node lock exclusively), and the raw median of the model's own invokes beside it
+  (``_raw_ms``), which drifts with the host.
 """
 
 from __future__ import annotations
@@ -71,13 +72,16 @@ def darknet_bflops(path: Path) -> tuple[float, float]:
 
 
 def latency_context(*, threads: int, min_seconds: float) -> MeasureContext:
-    """A trial's latency settings with ``threads`` and ``min_seconds``; the reference built here."""
-    from search.timing.reference import reference_model
+    """A trial's latency settings with ``threads`` and ``min_seconds``; the reference's rung at
+    ``RESOLUTION`` (and the anchor) built here."""
+    from search.timing.rungs import latency_references
 
     spec = MeasureSpec(latency_threads=threads, latency_min_seconds=min_seconds,
                        latency_max_seconds=max(10.0, 3 * min_seconds))
+    with shared():  # conversions, as the driver's
+        references = latency_references([RESOLUTION])
     return MeasureContext(dataset=None, measure=spec, preprocessing="", heads=None, num_threads=threads,
-                          reference=reference_model())
+                          reference=references)
 
 
 def measure_cfg(path: Path, *, context: MeasureContext) -> dict:

@@ -5,14 +5,17 @@
 Builds YOLOv4-tiny (80 classes, random weights: latency does not depend on their values) at each
 ``--models`` entry's resolution in its mode (or takes ``--model FILE.tflite``), then, per phase,
 measures each model ``--repeats`` times exactly as a trial does: the ``latency`` measurement
-(``search/objectives/latency.py``: invokes alternated with the latency reference, ``latency_ms`` =
-median per-pair ratio x the reference's latency on this node, measured once and kept in
-``/tmp/yolo-search/latency``), holding ``search.node_lock.exclusive()``. Phase ``idle`` runs alone;
+(``search/objectives/latency.py``: invokes alternated with the latency reference built at the
+model's resolution, its rung, ``latency_ms`` = median per-pair ratio x the rung's latency on this
+node: its link, the ratio to the 256 px anchor, x the anchor's latency, each measured once and
+kept in ``/tmp/yolo-search/latency``), holding ``search.node_lock.exclusive()``. A ``--model``
+file's resolution is read from its input. Phase ``idle`` runs alone;
 phase ``search`` starts a smoke search (``spaces/smoke.yaml``, 12 trials, its own run and cache
 folders) as a subprocess first, so the lock is really contended.
 
-Prints each measurement (reported ``latency_ms``, the raw median of the model's own invokes, the
-ratio, the reference's raw median in the same window, the spread, the lock wait), then per model
+Prints the anchor's latency and each model's rung with its link, then each measurement (reported
+``latency_ms``, the raw median of the model's own invokes, the ratio, the rung's raw median in the
+same window, the spread, the lock wait), then per model
 and phase the spread of the reported ``latency_ms`` and of the raw medians, as (max - min) /
 median. The last line gives both spreads for every model and phase against the goals (2% idle,
 3% with a search); the exit code is 1 when a reported spread misses its goal. The lock keeps this
@@ -102,7 +105,14 @@ def relative_difference(values: list[float]) -> float:
     return (max(values) - min(values)) / statistics.median(values)
 
 
-def measure_once(content: bytes, context) -> tuple[dict, float]:
+def input_resolution(content: bytes) -> int:
+    """The side of a ``.tflite`` model's (square) input: which rung it is timed against."""
+    from search.tflite_model import load_interpreter
+
+    return int(load_interpreter(content).get_input_details()[0]["shape"][1])
+
+
+def measure_once(content: bytes, resolution: int, context) -> tuple[dict, float]:
     """The trial's latency measurement under the node lock, as in a trial; (values, lock wait s)."""
     from search.objectives import Artifact
     from search.objectives.latency import MEASUREMENT
@@ -110,25 +120,26 @@ def measure_once(content: bytes, context) -> tuple[dict, float]:
     asked = time.perf_counter()
     with exclusive():
         waited = time.perf_counter() - asked
-        values = MEASUREMENT.measure(Artifact(content=content, model=None, resolution=0, mode=""), context)
+        values = MEASUREMENT.measure(Artifact(content=content, model=None, resolution=resolution, mode=""), context)
     return values, waited
 
 
-def run_phase(models: dict[str, bytes], context, *, repeats: int, interval: float, search) -> dict[str, dict]:
+def run_phase(models: dict[str, tuple[bytes, int]], context, *, repeats: int, interval: float,
+              search) -> dict[str, dict]:
     """``repeats`` measurements of every model, alternating models; {model: {"reported": [...], "raw": [...]}}."""
     found = {name: {"reported": [], "raw": []} for name in models}
-    print("#  model            search   lock_wait_s  latency_ms  raw_ms  ratio   ref_window_ms  spread  pairs")
+    print("#  model            search   lock_wait_s  latency_ms  raw_ms  ratio   rung_px  ref_window_ms  spread  pairs")
     for i in range(repeats):
-        for name, content in models.items():
+        for name, (content, resolution) in models.items():
             if i or name != next(iter(models)):
                 time.sleep(interval)
             running = "-" if search is None else "running" if search.poll() is None else "ENDED"
-            v, waited = measure_once(content, context)
+            v, waited = measure_once(content, resolution, context)
             found[name]["reported"].append(v["latency_ms"])
             found[name]["raw"].append(v["latency_raw_ms"])
             print(f"{i:<2} {name:16} {running:8} {waited:11.2f}  {v['latency_ms']:10.3f}  {v['latency_raw_ms']:6.2f}  "
-                  f"{v['latency_ref_ratio']:6.4f}  {v['latency_ref_window_ms']:13.3f}  {v['latency_spread']:6.3f}  "
-                  f"{v['latency_runs']:5}", flush=True)
+                  f"{v['latency_ref_ratio']:6.4f}  {v['latency_ref_resolution']:7}  {v['latency_ref_window_ms']:13.3f}  "
+                  f"{v['latency_spread']:6.3f}  {v['latency_runs']:5}", flush=True)
     return found
 
 
@@ -159,7 +170,8 @@ def parse_args(argv):
     parser.add_argument("--min-runs", type=int, default=20)
     parser.add_argument("--min-seconds", type=float, default=6.0, help="each measurement at least this long (as the spaces)")
     parser.add_argument("--max-seconds", type=float, default=10.0)
-    parser.add_argument("--reference-seconds", type=float, default=20.0, help="the reference's one long measurement per node")
+    parser.add_argument("--reference-seconds", type=float, default=20.0,
+                        help="the anchor's one long measurement per node, and each rung's link to it")
     args = parser.parse_args(argv)
     if args.repeats < 2:
         parser.error(f"--repeats must be >= 2 to compare measurements, but got {args.repeats}")
@@ -169,35 +181,47 @@ def parse_args(argv):
     return args
 
 
-def make_context(args):
+def make_context(args, models: dict[str, tuple[bytes, int]]):
+    """The trial's latency settings and the rungs of every model's resolution, with the anchor's
+    latency and each rung's link on this node measured (or read from its cache) and printed."""
     from search.objectives import MeasureContext
-    from search.timing.reference import node_reference_latency, recipe_text, reference_model
     from search.space import MeasureSpec
+    from search.timing.reference import recipe_text
+    from search.timing.rungs import latency_references, node_rung_latency
 
     spec = MeasureSpec(latency_threads=args.threads, latency_warmup=args.warmup, latency_min_runs=args.min_runs,
                        latency_min_seconds=args.min_seconds, latency_max_seconds=args.max_seconds,
                        latency_reference_seconds=args.reference_seconds)
-    reference = reference_model()
+    with shared():  # conversions, as the driver's
+        references = latency_references(resolution for _, resolution in models.values())
+    anchor = references.anchor_rung
     with exclusive():
-        node = node_reference_latency(reference, num_threads=args.threads, seconds=args.reference_seconds)
-    print(f"reference: {recipe_text()}; sha256 {node.sha256[:16]}; on this node {node.median_ms:.3f} ms "
-          f"({node.cache}: {node.runs} invokes over {node.seconds:.1f} s, spread {node.spread:.3f}, LiteRT {node.litert})")
+        links = {name: node_rung_latency(references.rung_for(resolution), anchor.content, num_threads=args.threads,
+                                         seconds=args.reference_seconds) for name, (_, resolution) in models.items()}
+    node = next(iter(links.values())).anchor  # the same for every rung
+    print(f"reference: {recipe_text()}; anchor {anchor.resolution} px, sha256 {node.sha256[:16]}, on this node "
+          f"{node.median_ms:.3f} ms ({node.cache}: {node.runs} invokes over {node.seconds:.1f} s, spread "
+          f"{node.spread:.3f}, LiteRT {node.litert})")
+    for name, rung in links.items():
+        print(f"model {name}: rung {rung.resolution} px, sha256 {rung.sha256[:16]}, link {rung.link:.4f} "
+              f"({rung.cache}: {rung.link_pairs} pairs over {rung.link_seconds:.1f} s) x anchor = {rung.median_ms:.3f} ms")
     return MeasureContext(dataset=None, measure=spec, preprocessing="", heads=None, num_threads=args.threads,
-                          reference=reference)
+                          reference=references)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.model:
-        models = {args.model.name: args.model.read_bytes()}
+        content = args.model.read_bytes()
+        models = {args.model.name: (content, input_resolution(content))}
     else:
         models = {}
         for entry in args.models.split(","):
             mode, resolution = entry.split("@")
-            models[f"{mode}@{resolution}px"] = build_model(resolution=int(resolution), mode=mode)
-    for name, content in models.items():
-        print(f"model {name}: {len(content):,} bytes; threads={args.threads}", flush=True)
-    context = make_context(args)
+            models[f"{mode}@{resolution}px"] = (build_model(resolution=int(resolution), mode=mode), int(resolution))
+    for name, (content, resolution) in models.items():
+        print(f"model {name}: {len(content):,} bytes, {resolution} px; threads={args.threads}", flush=True)
+    context = make_context(args, models)
     results = {}
     for phase in args.phases.split(","):
         print(f"--- phase: {phase}")

@@ -105,18 +105,25 @@ def _how_on_target(metrics: dict[str, Any], target) -> str:
         return f"not measured on {target.name} ({target.resource}): {get('error') or 'no result'}"
     return (f"on node {get('node')} ({get('host')}: {get('cpu_model')}, {get('cores')} cores, {get('arch')}, "
             f"{get('os')}), LiteRT {get('litert')}, {get('delegate')}, {get('threads')} thread(s), the node offering "
-            f"{target.resource}: {MEASUREMENT.how(None, metrics)}; ratio {get('latency_ref_ratio')} x reference "
-            f"{get('latency_ref_ms')} ms over {get('latency_runs')} pairs (raw median {get('latency_raw_ms')} ms)")
+            f"{target.resource}: {MEASUREMENT.how(None, metrics)}; ratio {get('latency_ref_ratio')} x the "
+            f"{get('latency_ref_resolution')} px reference's {get('latency_ref_ms')} ms there (its link "
+            f"{get('latency_ref_link')} x the anchor's {get('latency_anchor_ms')} ms) over {get('latency_runs')} pairs "
+            f"(raw median {get('latency_raw_ms')} ms)")
 
 
 def latency_reference_card(record: TrialRecord) -> dict[str, Any] | None:
-    """Which model every latency of the card is a ratio to, and its latency on the measuring node."""
-    if not record.metrics.get("latency_ref_sha256"):
+    """Which model every latency of the card is a ratio to (the reference's rung at the trial's
+    resolution), and its latency and the anchor's on the measuring node."""
+    m = record.metrics
+    if not m.get("latency_ref_sha256"):
         return None
-    from search.timing.reference import recipe_text
+    from search.timing.reference import ANCHOR, RECIPE, recipe_text
 
-    return {"sha256": record.metrics["latency_ref_sha256"], "what": recipe_text(),
-            "latency_ms_on_node": record.metrics.get("latency_ref_ms"), "node": record.node, "host": record.host}
+    return {"recipe": RECIPE, "what": recipe_text(m.get("latency_ref_resolution")),
+            "resolution": m.get("latency_ref_resolution"), "sha256": m["latency_ref_sha256"],
+            "latency_ms_on_node": m.get("latency_ref_ms"), "link_to_anchor": m.get("latency_ref_link"),
+            "anchor_resolution": ANCHOR, "anchor_latency_ms_on_node": m.get("latency_anchor_ms"),
+            "node": record.node, "host": record.host}
 
 
 def fine_tune_card(space: Space) -> dict[str, Any]:

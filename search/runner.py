@@ -31,6 +31,7 @@ from search.provenance import machine, package_versions
 from search.baseline import BASELINE_ID
 from search.record import BASELINE, FAILED, TrialRecord, check_recordable, read_baseline, read_records, write_records
 from search.space import Space
+from search.timing.rungs import LatencyReferences
 from search.trial import TrialContext
 
 
@@ -259,8 +260,8 @@ def _on_targets(record: TrialRecord, space: Space, context: TrialContext, *, ech
     if content is None:
         echo(f"  {record.trial_id}: its model {record.model_path} is gone from the storage; not measured")
         return record
-    found = measure_on_targets(content, measure=space.measure, reference=context.latency_reference, echo=echo,
-                               devices=devices)
+    found = measure_on_targets(content, resolution=int(record.params["resolution"]), measure=space.measure,
+                               references=context.latency_reference, echo=echo, devices=devices)
     return replace(record, metrics={**record.metrics, **found})
 
 
@@ -350,23 +351,25 @@ def _search(space: Space, dataset, info: dict[str, Any], *, run_dir: Path, addre
     return SearchResult(run_dir, len(records) - failed, failed, front, exported)
 
 
-def _latency_reference(space: Space, info: dict[str, Any], *, run_dir: Path, echo) -> bytes | None:
-    """The latency reference (``search.timing.reference``), built once here and shipped to every
-    trial, so every node times the same bytes; None when the space measures no latency."""
-    import hashlib
-
+def _latency_reference(space: Space, info: dict[str, Any], *, run_dir: Path, echo) -> LatencyReferences | None:
+    """The latency reference's rungs (``search.timing.rungs``): one for every resolution the space
+    can give a trial, the baseline's and the anchor, built once here and shipped to every trial,
+    so every node times the same bytes; None when the space measures no latency."""
     from search.objectives import measurements_for
-    from search.timing.reference import RECIPE, recipe_text, reference_model
+    from search.timing.reference import RECIPE, recipe_text
+    from search.timing.rungs import latency_references
 
     if "latency" not in [m.name for m in measurements_for(space.trial_measured_names)] and not space.measure.devices:
         return None
-    with shared():  # a conversion: not while a trial of another search times on this node
-        content = reference_model()  # kept in the machine's temp folder: built once per TensorFlow version
-    sha = hashlib.sha256(content).hexdigest()
-    info["latency_reference"] = {"sha256": sha, "bytes": len(content), "recipe": RECIPE, "what": recipe_text()}
+    resolutions = [*space.search.resolution.values, space.base_training.resolution]
+    with shared():  # conversions: not while a trial of another search times on this node
+        references = latency_references(r for r in resolutions if r)  # kept in the machine's temp folder
+    rungs = references.describe()
+    info["latency_reference"] = {"recipe": RECIPE, "what": recipe_text(), "anchor": references.anchor, "rungs": rungs}
     write_run_json(run_dir, info)
-    echo(f"latency reference: {recipe_text()}; {len(content):,} bytes, sha256 {sha[:16]}")
-    return content
+    echo(f"latency reference: {recipe_text()}; rungs " + ", ".join(
+        f"{r} px ({rung['bytes']:,} bytes, sha256 {rung['sha256'][:12]})" for r, rung in rungs.items()))
+    return references
 
 
 def _measure_baseline(space: Space, context: TrialContext, *, run_dir: Path, info: dict[str, Any], echo) -> TrialRecord:

@@ -4,7 +4,8 @@ A device joins the cluster offering a custom resource and no CPUs
 (``ray start --address HEAD:6379 --resources '{"device:rpi5": 1}' --num-cpus 0``). Trials ask for
 CPUs, so none of their stages can land there; a target's measurement is a zero-CPU task that asks
 for one unit of the target's resource, so it runs only on that device, one at a time when the
-device offers 1. It receives the ``.tflite`` bytes and the latency reference's, and returns what
+device offers 1. It receives the ``.tflite`` bytes, the latency reference's rung for the model's
+resolution and the anchor's (``search.timing.rungs``: a device cannot build them), and returns what
 ``search.timing.on_node`` measured with the node's hardware. The device has this package
 installed without its dependencies (``pip install --no-deps .``) and the ``[device]`` extra's
 packages (numpy, ai-edge-litert, ray): what the task imports needs nothing else, and no
@@ -45,18 +46,22 @@ def unmeasured_targets(metrics: dict[str, Any], devices) -> list:
     return [t for t in devices if metrics.get(column("error", t.name))]
 
 
-def measure_on_targets(content: bytes, *, measure, reference: bytes, echo=None, devices=None) -> dict[str, Any]:
-    """Every device target's values for ``content`` (of ``devices``, by default all of
-    ``measure.devices``), suffixed ``@<target>``; a target that did not answer within
-    ``measure.target_timeout_s`` (or whose node was lost) gets only ``error@<target>``."""
+def measure_on_targets(content: bytes, *, resolution: int, measure, references, echo=None,
+                       devices=None) -> dict[str, Any]:
+    """Every device target's values for ``content``, a model at ``resolution`` (of ``devices``, by
+    default all of ``measure.devices``), suffixed ``@<target>``; a target that did not answer within
+    ``measure.target_timeout_s`` (or whose node was lost) gets only ``error@<target>``.
+    ``references``: the driver's ``LatencyReferences``; only the rung the model needs and the
+    anchor travel."""
     devices = measure.devices if devices is None else devices
     if not devices:
         return {}
     settings = {key: getattr(measure, key) for key in LATENCY_SETTINGS}
-    content_ref, reference_ref = ray.put(content), ray.put(reference)
+    rung = references.rung_for(resolution)
+    content_ref, rung_ref, anchor_ref = ray.put(content), ray.put(rung), ray.put(references.anchor_rung.content)
     # "DEFAULT": out of the trial's placement group (Tune's, a CPU bundle), which would capture it.
     pending = {t: _measure_on_device.options(resources={t.resource: 1}, scheduling_strategy="DEFAULT")
-               .remote(content_ref, reference_ref, settings) for t in devices}
+               .remote(content_ref, rung_ref, anchor_ref, settings) for t in devices}
     deadline = time.monotonic() + measure.target_timeout_s
     found: dict[str, Any] = {}
     for target, ref in pending.items():

@@ -27,6 +27,7 @@ from search.stages.convert import convert
 from search.stages.fine_tune import fine_tune
 from search.stages.measure import measure
 from search.stages.quantize_aware import quantize_aware
+from search.timing.rungs import LatencyReferences
 
 __all__ = ["TrialContext", "TrialParams", "TrialResult", "run_baseline", "run_trial", "unguarded"]
 
@@ -43,7 +44,7 @@ class TrialContext:
     stages_dir: str  # the shared prune + fine-tune cache: a folder or a URI (search.stage_cache)
     base_weights_sha256: str | None = None  # hashed once by the driver; None: each trial hashes the file
     baseline: dict[str, Any] | None = None  # the baseline's metrics (search.baseline), once measured
-    latency_reference: bytes | None = None  # built once by the driver: every node times the same file
+    latency_reference: LatencyReferences | None = None  # the rungs, built once by the driver: every node times the same files
 
     def measure_context(self) -> MeasureContext:
         return MeasureContext(dataset=self.dataset, measure=self.space.measure, preprocessing=self.space.data.preprocessing,

@@ -73,8 +73,13 @@ def test_smoke_search_leaves_every_artifact(smoke_run):
     assert {"param.resolution", "param.quantization", "map50", "size_bytes", "latency_ms", "sparsity", "time_fine_tune_s"} <= set(trials[0])
     completed = [t for t in trials if t["status"] == "completed"]
     assert completed, [t["error"] for t in trials]
+    rungs = info["latency_reference"]["rungs"]
+    assert set(rungs) == {"64", "96", "256"}  # the space's resolutions and the anchor
     for t in completed:
         assert int(t["param.resolution"]) in (64, 96)
+        # timed against the reference built at its resolution
+        assert t["latency_ref_resolution"] == t["param.resolution"]
+        assert t["latency_ref_sha256"] == rungs[t["param.resolution"]]["sha256"]
         # calibration_size is only there when the mode calibrates
         assert (t["param.calibration_size"] != "") == (t["param.quantization"] == "int8")
     records = json.loads((run_dir / "trials.json").read_text())["trials"]

@@ -1,11 +1,13 @@
 """The ``latency`` measurement: median and p90 latency of one invoke in the LiteRT interpreter.
 
-Drift-free: invokes of the trial's model alternate with invokes of a fixed reference model on the
-same pinned cores, and ``latency_ms`` is the median per-pair ratio times the reference's latency
-on the node, measured once, long, and kept on the node (``search.timing``: ``interleaved``,
-``reference``; the absolute timing behind the reference's number is ``search.timing.absolute``).
-The model's own raw median stays beside it (``latency_raw_ms``), with the ratio and the
-reference's numbers, so a reader sees how much the host drifted meanwhile.
+Drift-free: invokes of the trial's model alternate with invokes of a fixed reference model, built
+at the trial's resolution (its rung), on the same pinned cores, and ``latency_ms`` is the median
+per-pair ratio times the rung's latency on the node: the rung's ratio to the anchor (the 256 px
+rung) there, measured once, times the anchor's latency there, measured once, long, both kept on
+the node (``search.timing``: ``interleaved``, ``reference``, ``rungs``; the absolute timing behind
+the anchor's number is ``search.timing.absolute``). The model's own raw median stays beside it
+(``latency_raw_ms``), with the ratio and the references' numbers, so a reader sees how much the
+host drifted meanwhile.
 """
 
 from __future__ import annotations
@@ -20,23 +22,29 @@ __all__ = ["MEASUREMENT", "LatencyStats", "cpu_model", "measure_latency", "quiet
 
 
 def measure(artifact: Artifact, context: MeasureContext) -> dict[str, Any]:
-    """Median and p90 latency of one invoke, drift-free: interleaved with the reference, as a ratio
-    times the reference's latency on this node (the node is ours meanwhile: the caller's lock)."""
+    """Median and p90 latency of one invoke, drift-free: interleaved with the rung of the trial's
+    resolution, as a ratio times that rung's latency on this node (the node is ours meanwhile: the
+    caller's lock)."""
     from search.timing.interleaved import measure_interleaved
-    from search.timing.reference import node_reference_latency, reference_model
+    from search.timing.rungs import latency_references, node_rung_latency
 
     m = context.measure
-    reference = context.reference or reference_model()  # the driver ships it; alone (tests, benchmarks) built here
-    node = node_reference_latency(reference, num_threads=m.latency_threads, seconds=m.latency_reference_seconds)
-    stats = measure_interleaved(artifact.content, reference, num_threads=m.latency_threads, warmup=m.latency_warmup,
+    # The driver ships the rungs; alone (tests, benchmarks) the one needed is built here.
+    references = context.reference or latency_references([artifact.resolution])
+    rung = references.rung_for(artifact.resolution)
+    node = node_rung_latency(rung, references.anchor_rung.content, num_threads=m.latency_threads,
+                             seconds=m.latency_reference_seconds)
+    stats = measure_interleaved(artifact.content, rung.content, num_threads=m.latency_threads, warmup=m.latency_warmup,
                                 min_runs=m.latency_min_runs, min_seconds=m.latency_min_seconds,
                                 max_seconds=m.latency_max_seconds)
     return {
         "latency_ms": stats.ratio * node.median_ms, "latency_p90_ms": stats.ratio_p90 * node.median_ms,
         "latency_raw_ms": stats.median_ms, "latency_ref_ratio": stats.ratio, "latency_ref_ms": node.median_ms,
         "latency_ref_window_ms": stats.reference_median_ms, "latency_ref_sha256": node.sha256,
+        "latency_ref_resolution": node.resolution, "latency_ref_link": node.link,
+        "latency_anchor_ms": node.anchor.median_ms,
         "latency_spread": stats.spread, "latency_runs": stats.pairs, "latency_threads": stats.num_threads,
-        "latency_cpus": stats.cpus, "latency_litert": node.litert, "cpu_model": cpu_model(),
+        "latency_cpus": stats.cpus, "latency_litert": node.anchor.litert, "cpu_model": cpu_model(),
         "latency_machine": machine_line(),
     }
 
@@ -55,11 +63,14 @@ def how(m, metrics: dict[str, Any]) -> str:
             f"{metrics.get('latency_threads')} thread(s) pinned to core(s) {metrics.get('latency_cpus') or '?'}, no other "
             f"trial computing on the node (node lock): {m.latency_warmup} warm-up invokes, then "
             f"{metrics.get('latency_runs')} pairs of invokes over at least {m.latency_min_seconds:g} s alternating this "
-            f"model and the latency reference (sha256 {str(metrics.get('latency_ref_sha256'))[:16]}...: "
-            f"{reference_recipe()}); latency_ms = the median per-pair ratio ({_fmt(metrics.get('latency_ref_ratio'))}) "
-            f"x the reference's latency on this node ({_fmt(metrics.get('latency_ref_ms'))} ms, measured once over "
-            f"{m.latency_reference_seconds:g} s and kept on the node), p90 likewise; latency_raw_ms is the model's own "
-            f"median in the window ({_fmt(metrics.get('latency_raw_ms'))} ms; the reference's there: "
+            f"model and the latency reference matched to its resolution (sha256 "
+            f"{str(metrics.get('latency_ref_sha256'))[:16]}...: {reference_recipe(metrics.get('latency_ref_resolution'))}); "
+            f"latency_ms = the median per-pair ratio ({_fmt(metrics.get('latency_ref_ratio'))}) x the reference's "
+            f"latency on this node ({_fmt(metrics.get('latency_ref_ms'))} ms: its ratio to the {anchor()} px anchor "
+            f"there, interleaved, {_fmt(metrics.get('latency_ref_link'))}, x the anchor's latency there, "
+            f"{_fmt(metrics.get('latency_anchor_ms'))} ms; each measured once over {m.latency_reference_seconds:g} s "
+            f"and kept on the node), p90 likewise; latency_raw_ms is the model's own median in the window "
+            f"({_fmt(metrics.get('latency_raw_ms'))} ms; the reference's there: "
             f"{_fmt(metrics.get('latency_ref_window_ms'))} ms)")
 
 
@@ -67,14 +78,20 @@ def _fmt(value: Any) -> str:
     return f"{float(value):.4g}" if isinstance(value, (int, float)) else "?"
 
 
-def reference_recipe() -> str:
+def anchor() -> int:
+    from search.timing.reference import ANCHOR
+
+    return ANCHOR
+
+
+def reference_recipe(resolution: int | None = None) -> str:
     from search.timing.reference import recipe_text
 
-    return recipe_text()
+    return recipe_text(resolution)
 
 
 DETAILS = ("latency_raw_ms", "latency_ref_ratio", "latency_ref_ms", "latency_ref_window_ms", "latency_ref_sha256",
-           "latency_spread", "latency_runs", "latency_threads", "latency_cpus", "latency_litert", "cpu_model",
-           "latency_machine")
+           "latency_ref_resolution", "latency_ref_link", "latency_anchor_ms", "latency_spread", "latency_runs",
+           "latency_threads", "latency_cpus", "latency_litert", "cpu_model", "latency_machine")
 MEASUREMENT = Measurement("latency", values=("latency_ms", "latency_p90_ms"), how=how, details=DETAILS,
                           measure=measure, alone=True)

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from search.data.dataset import Dataset
     from search.models.family import YoloHeads
     from search.space import MeasureSpec
+    from search.timing.rungs import LatencyReferences
 
 MAXIMIZE = "maximize"
 MINIMIZE = "minimize"
@@ -44,9 +45,9 @@ class MeasureContext:
     preprocessing: str
     heads: YoloHeads  # how the raw outputs decode into boxes
     num_threads: int  # threads the trial may use outside the latency measurement
-    # The latency reference's bytes (search.timing.reference), built once by the driver so that
-    # every node times the same file; None: the latency measurement builds it where it runs.
-    reference: bytes | None = None
+    # The latency reference's rungs (search.timing.rungs), built once by the driver so that every
+    # node times the same files; None: the latency measurement builds the one it needs where it runs.
+    reference: LatencyReferences | None = None
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,10 @@ TARGET_VALUES: dict[str, tuple[str, str]] = {
                              "fresh process on the target's node"),
 }
 # How each target's values were taken: recorded beside them, suffixed @<target> like them.
-TARGET_DETAILS = ("latency_raw_ms", "latency_ref_ratio", "latency_ref_ms", "latency_ref_sha256", "latency_runs",
-                  "latency_spread", "latency_cpus", "peak_rss_bytes", "cpu_model", "cores", "arch", "os", "host",
-                  "litert", "delegate", "threads", "node", "error")
+TARGET_DETAILS = ("latency_raw_ms", "latency_ref_ratio", "latency_ref_ms", "latency_ref_sha256",
+                  "latency_ref_resolution", "latency_ref_link", "latency_anchor_ms", "latency_runs", "latency_spread",
+                  "latency_cpus", "peak_rss_bytes", "cpu_model", "cores", "arch", "os", "host", "litert", "delegate",
+                  "threads", "node", "error")
 
 
 @dataclass(frozen=True)
@@ -53,8 +54,9 @@ def _not_in_a_trial(artifact, context) -> dict[str, Any]:
 
 def _how(m, metrics: dict[str, Any]) -> str:
     return ("on the target's own node (a Ray task asking for its resource), as on a search node: invokes "
-            "alternated with the latency reference, latency_ms = median ratio x the reference's latency on that "
-            "node; memory_bytes: peak resident memory added by loading, allocating and invoking, in a fresh process")
+            "alternated with the latency reference at the model's resolution, latency_ms = median ratio x that "
+            "reference's latency on that node (its ratio to the anchor there x the anchor's); memory_bytes: peak "
+            "resident memory added by loading, allocating and invoking, in a fresh process")
 
 
 MEASUREMENT = Measurement("target", values=tuple(TARGET_VALUES), details=TARGET_DETAILS, measure=_not_in_a_trial,

@@ -4,8 +4,10 @@ hardware that did it.
 Runs on the device (``device_task``, made a Ray task by ``search.targets``), so it needs numpy,
 LiteRT and Ray only, and imports nothing of the package beyond ``search.timing`` and the stdlib-only
 ``search.node_lock`` / ``search.provenance``: Ray imports this module on the device to run it. The
-latency is taken as on a search node (``search.timing.interleaved`` against the reference, whose
-latency on this node is measured once and kept here). The peak memory is taken in a fresh child
+latency is taken as on a search node (``search.timing.interleaved`` against the reference's rung
+of the model's resolution, whose latency on this node, its link to the anchor x the anchor's, is
+measured once and kept here: ``search.timing.rungs``). The driver ships the rung's bytes and the
+anchor's: a device has no TensorFlow to build them. The peak memory is taken in a fresh child
 process: the resident memory a model adds by loading, allocating and invoking is what a user's
 app pays, and in a process that already ran other models the allocator's leftovers would hide it.
 """
@@ -20,9 +22,12 @@ import sys
 import tempfile
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from search.provenance import cpu_model
+
+if TYPE_CHECKING:
+    from search.timing.rungs import Rung
 
 DELEGATE = "XNNPACK (LiteRT's default CPU delegate)"
 MEMORY_TIMEOUT_S = 300  # loading and invoking a large float model on a small board takes seconds, not minutes
@@ -83,31 +88,33 @@ def hardware(num_threads: int) -> dict[str, Any]:
             "host": platform.node(), "litert": litert, "delegate": DELEGATE, "threads": num_threads}
 
 
-def measure_here(content: bytes, reference: bytes, settings: dict[str, Any]) -> dict[str, Any]:
-    """Latency (drift-free), p90, peak memory and hardware for ``content`` on this node.
+def measure_here(content: bytes, rung: Rung, anchor: bytes, settings: dict[str, Any]) -> dict[str, Any]:
+    """Latency (drift-free, against ``rung``, on the ``anchor``'s scale), p90, peak memory and
+    hardware for ``content`` on this node.
 
     ``settings``: the space's ``measure:`` latency keys (``latency_threads``, ``latency_warmup``,
     ``latency_min_runs``, ``latency_min_seconds``, ``latency_max_seconds``,
     ``latency_reference_seconds``), as plain values: a device has no space parser.
     """
     from search.timing.interleaved import measure_interleaved
-    from search.timing.reference import node_reference_latency
+    from search.timing.rungs import node_rung_latency
 
     threads = int(settings["latency_threads"])
-    node = node_reference_latency(reference, num_threads=threads, seconds=settings["latency_reference_seconds"])
-    stats = measure_interleaved(content, reference, num_threads=threads, warmup=settings["latency_warmup"],
+    node = node_rung_latency(rung, anchor, num_threads=threads, seconds=settings["latency_reference_seconds"])
+    stats = measure_interleaved(content, rung.content, num_threads=threads, warmup=settings["latency_warmup"],
                                 min_runs=settings["latency_min_runs"], min_seconds=settings["latency_min_seconds"],
                                 max_seconds=settings["latency_max_seconds"])
     return {
         "latency_ms": stats.ratio * node.median_ms, "latency_p90_ms": stats.ratio_p90 * node.median_ms,
         **peak_memory(content, num_threads=threads),
         "latency_raw_ms": stats.median_ms, "latency_ref_ratio": stats.ratio, "latency_ref_ms": node.median_ms,
-        "latency_ref_sha256": node.sha256, "latency_runs": stats.pairs, "latency_spread": stats.spread,
+        "latency_ref_sha256": node.sha256, "latency_ref_resolution": node.resolution, "latency_ref_link": node.link,
+        "latency_anchor_ms": node.anchor.median_ms, "latency_runs": stats.pairs, "latency_spread": stats.spread,
         "latency_cpus": stats.cpus, **hardware(threads),
     }
 
 
-def device_task(content: bytes, reference: bytes, settings: dict[str, Any]) -> dict[str, Any]:
+def device_task(content: bytes, rung: Rung, anchor: bytes, settings: dict[str, Any]) -> dict[str, Any]:
     """``measure_here`` alone on the machine (the node lock, as a trial's own latency measurement),
     with the Ray node id that ran it."""
     import ray
@@ -115,5 +122,5 @@ def device_task(content: bytes, reference: bytes, settings: dict[str, Any]) -> d
     from search.node_lock import exclusive
 
     with exclusive():
-        values = measure_here(content, reference, settings)
+        values = measure_here(content, rung, anchor, settings)
     return {**values, "node": ray.get_runtime_context().get_node_id()}

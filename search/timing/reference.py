@@ -1,21 +1,24 @@
-"""The latency reference: one fixed model every latency is measured against, and its latency per node.
+"""The latency reference: one fixed recipe every latency is measured against, built at any
+resolution, and the anchor's latency per node.
 
-Absolute latency on a shared VM drifts 10-16% from one 3 s window to the next, for every model
-alike; alternating invokes of a trial's model and this reference and taking the median of the
-per-pair ratios repeats within ~1-2% (``search.timing.interleaved``). A trial's
-``latency_ms`` is that ratio times the reference's latency on the node, which is measured once per
-node, long, and kept on the node (``node_reference_latency``), so every trial on a node is scaled
-by the same number.
+Absolute latency on a shared VM drifts 10-16% from one 3 s window to the next; alternating
+invokes of a trial's model and a reference and taking the median of the per-pair ratios repeats
+within ~1-2% (``search.timing.interleaved``), but only when the reference is the same network at
+the trial's resolution: the host's drift hits workloads of different working-set size
+differently, so a trial is timed against the reference built at its own resolution, its rung
+(``search.timing.rungs``). One rung, the anchor (``ANCHOR``), has its latency measured once per
+node, absolute, long, and kept on the node (``node_reference_latency``); every other rung's
+latency there is its ratio to the anchor times that number, so all rungs sit on one scale.
 
-The reference (``RECIPE``): the default family's network as its built-in cfg describes it, 80
-classes, 256 px, weights drawn from ``numpy.random.default_rng(RECIPE["seed"])`` (He-scaled normal
-kernels, identity BatchNorm), converted full-integer int8 (float I/O) calibrated on
-``RECIPE["calibration_images"]`` seeded uniform images. 256 px int8 runs 5-8 ms here: near the
-trials' own latencies, so it meets the same drift, and cheap enough to alternate with. The weights'
-values do not change latency; the bytes' sha256 is recorded with every measurement and on the card.
+The recipe (``RECIPE``): the default family's network as its built-in cfg describes it, 80
+classes, at the given resolution, weights drawn from ``numpy.random.default_rng(RECIPE["seed"])``
+(He-scaled normal kernels, identity BatchNorm), converted full-integer int8 (float I/O)
+calibrated on ``RECIPE["calibration_images"]`` seeded uniform images. The weights' values do not
+change latency; the bytes' sha256 is recorded with every measurement and on the card.
 
-The driver builds it once (``reference_model``, TensorFlow) and ships its bytes to every trial and
-device, so all nodes time the same file. Nothing here imports TensorFlow or LiteRT until called.
+The driver builds the rungs once (``reference_model``, TensorFlow) and ships their bytes to every
+trial and device, so all nodes time the same files. Nothing here imports TensorFlow or LiteRT
+until called.
 """
 
 from __future__ import annotations
@@ -31,16 +34,27 @@ from pathlib import Path
 from search.files import write_bytes_atomic, write_text_atomic
 from search.models import DEFAULT_FAMILY
 
-RECIPE = {"family": DEFAULT_FAMILY, "classes": 80, "resolution": 256, "mode": "int8", "seed": 0, "calibration_images": 4,
-          "version": 1}  # bump "version" when the way it is built changes: the cache keys follow
+RECIPE = {"family": DEFAULT_FAMILY, "classes": 80, "mode": "int8", "seed": 0, "calibration_images": 4,
+          "version": 2}  # bump "version" when the way it is built changes: the cache keys follow
+# The rung whose absolute latency is measured per node (every other rung is a ratio to it there).
+# 256 px int8 runs 3-8 ms on the hosts measured: long enough for a steady absolute median, short
+# enough to alternate with; and it was the one reference before the rungs, so nodes' numbers compare.
+ANCHOR = 256
 NODE_CACHE = Path(tempfile.gettempdir()) / "yolo-search" / "latency"  # on each node: the reference and its latency
 
 
-def recipe_text() -> str:
-    """The recipe in one line, for the card and the README."""
+def recipe_text(resolution: int | None = None) -> str:
+    """The recipe in one line (at ``resolution``, else at any), for the card and the README."""
     r = RECIPE
-    return (f"{r['family']} as its built-in cfg ({r['classes']} classes) at {r['resolution']} px, seeded weights "
+    at = f"at {resolution} px" if resolution else f"at the trial's resolution (anchor {ANCHOR} px)"
+    return (f"{r['family']} as its built-in cfg ({r['classes']} classes) {at}, seeded weights "
             f"(seed {r['seed']}), {r['mode']} calibrated on {r['calibration_images']} seeded images")
+
+
+def check_resolution(resolution: int) -> None:
+    """A resolution the recipe can be built at, or ValueError."""
+    if resolution < 32 or resolution % 32:
+        raise ValueError(f"a latency reference's resolution must be a multiple of 32 from 32 up, but got {resolution!r}")
 
 
 def _seeded_weights(model, seed: int) -> None:
@@ -64,17 +78,17 @@ def _seeded_weights(model, seed: int) -> None:
             layer.set_weights(values)
 
 
-def build_reference() -> bytes:
-    """The reference ``.tflite`` built from ``RECIPE`` (TensorFlow: seconds)."""
+def build_reference(resolution: int) -> bytes:
+    """The reference ``.tflite`` built from ``RECIPE`` at ``resolution`` (TensorFlow: seconds)."""
     import numpy as np
 
     from search.models import get_family
     from search.quantize import convert
 
-    r = RECIPE
-    model = get_family(r["family"]).build(num_classes=r["classes"], resolution=r["resolution"])
+    check_resolution(resolution)
+    r, size = RECIPE, resolution
+    model = get_family(r["family"]).build(num_classes=r["classes"], resolution=size)
     _seeded_weights(model, r["seed"])
-    size = r["resolution"]
     images = np.random.default_rng(r["seed"]).random((r["calibration_images"], size, size, 3), dtype=np.float32)
     return convert(model, mode=r["mode"], calibration_images=images).content
 
@@ -86,14 +100,15 @@ def _version(package: str) -> str:
         return "none"
 
 
-def reference_model(cache_dir: Path | None = None) -> bytes:
-    """The reference's bytes, built once per recipe and TensorFlow version and kept in ``cache_dir``
-    (default ``NODE_CACHE``)."""
-    key = hashlib.sha256(json.dumps([RECIPE, _version("tensorflow")], sort_keys=True).encode()).hexdigest()[:16]
-    path = Path(cache_dir or NODE_CACHE) / f"reference-{key}.tflite"
+def reference_model(resolution: int, cache_dir: Path | None = None) -> bytes:
+    """The reference's bytes at ``resolution``, built once per recipe, resolution and TensorFlow
+    version and kept in ``cache_dir`` (default ``NODE_CACHE``)."""
+    check_resolution(resolution)
+    key = hashlib.sha256(json.dumps([RECIPE, resolution, _version("tensorflow")], sort_keys=True).encode()).hexdigest()[:16]
+    path = Path(cache_dir or NODE_CACHE) / f"reference-{resolution}px-{key}.tflite"
     if path.exists():
         return path.read_bytes()
-    content = build_reference()
+    content = build_reference(resolution)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(path, content)
     return content
@@ -101,7 +116,7 @@ def reference_model(cache_dir: Path | None = None) -> bytes:
 
 @dataclass(frozen=True)
 class ReferenceLatency:
-    """The reference's latency on one node: what a ratio is multiplied by."""
+    """The anchor's latency on one node: what every rung's link to it is multiplied by."""
 
     sha256: str  # of the reference's bytes
     median_ms: float  # over the quieter half of a long timed phase (search.timing.absolute)
@@ -118,9 +133,9 @@ class ReferenceLatency:
 
 def node_reference_latency(reference: bytes, *, num_threads: int, seconds: float,
                            cache_dir: Path | None = None) -> ReferenceLatency:
-    """The reference's latency on this node, measured once for ``seconds`` and kept in ``cache_dir``
-    (default ``NODE_CACHE``) under the reference's hash, the thread count, the LiteRT version and
-    ``seconds``.
+    """The absolute latency of ``reference`` (the anchor) on this node, measured once for ``seconds``
+    and kept in ``cache_dir`` (default ``NODE_CACHE``) under its hash, the thread count, the LiteRT
+    version and ``seconds``.
 
     The caller holds the node alone (a latency measurement's lock), so a second trial waiting for
     it finds the first one's measurement here.

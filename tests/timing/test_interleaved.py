@@ -1,7 +1,8 @@
 """Drift-free latency: the model's invokes alternate with a fixed reference's, and the reported
 latency is the median per-pair ratio times the reference's latency on the node (measured once,
-kept on the node). Stability itself is the benchmark's (benchmarks/latency_stability.py), not a
-timed assertion here: these check the direction and rough size of ratios and the bookkeeping."""
+kept on the node; the reference at each resolution: tests/timing/test_rungs.py). Stability
+itself is the benchmark's (benchmarks/latency_stability.py), not a timed assertion here: these
+check the direction and rough size of ratios and the bookkeeping."""
 
 from __future__ import annotations
 
@@ -20,13 +21,6 @@ def small_and_large():
     """The same network (same seeded weights) at 64 and 128 px, float32: 4x the MACs."""
     return (convert(tiny_model(resolution=64), mode="float32").content,
             convert(tiny_model(resolution=128), mode="float32").content)
-
-
-@pytest.fixture
-def node_cache(tmp_path, monkeypatch):
-    """The node's latency cache in a folder of the test's own (not the machine's /tmp/yolo-search)."""
-    monkeypatch.setattr(reference, "NODE_CACHE", tmp_path / "latency")
-    return tmp_path / "latency"
 
 
 def test_the_ratio_says_which_model_is_slower_and_by_about_how_much(small_and_large):
@@ -58,29 +52,17 @@ def test_the_reference_latency_is_measured_once_per_node_and_kept(small_and_larg
     assert len(list(node_cache.glob("reference-latency-*.json"))) == 2
 
 
-def test_a_trial_reports_ratio_times_the_nodes_reference(small_and_large, node_cache):
-    from search.objectives import Artifact, MeasureContext
-    from search.objectives.latency import MEASUREMENT
-    from search.space import MeasureSpec
-
-    small, large = small_and_large
-    spec = MeasureSpec(latency_warmup=2, latency_min_runs=10, latency_min_seconds=0.5, latency_max_seconds=3.0,
-                       latency_reference_seconds=0.5)
-    context = MeasureContext(dataset=None, measure=spec, preprocessing="stretch", heads=None, num_threads=1,
-                             reference=small)
-    values = MEASUREMENT.measure(Artifact(content=large, model=None, resolution=128, mode="float32"), context)
-    assert set(values) == set(MEASUREMENT.columns)
-    assert values["latency_ms"] == pytest.approx(values["latency_ref_ratio"] * values["latency_ref_ms"])
-    assert values["latency_ref_ratio"] > 2.0 and values["latency_p90_ms"] >= values["latency_ms"]
-    assert values["latency_ref_sha256"] == hashlib.sha256(small).hexdigest()
-    assert values["latency_raw_ms"] > values["latency_ref_window_ms"]
-    assert "pairs of invokes" in MEASUREMENT.how(spec, values)
-
-
 @pytest.mark.slow
 def test_the_reference_is_built_the_same_every_time(tmp_path):
     # Every node must time the same file; the driver ships its bytes, and a rebuild (another run,
     # another machine with the same packages) must give the same ones for the node caches to agree.
-    built = reference.build_reference()
-    assert reference.build_reference() == built
-    assert reference.reference_model(tmp_path) == built and reference.reference_model(tmp_path) == built
+    built = reference.build_reference(96)
+    assert reference.build_reference(96) == built
+    assert reference.reference_model(96, tmp_path) == built and reference.reference_model(96, tmp_path) == built
+    # Each resolution is a file of its own in the cache (the rungs: search.timing.rungs).
+    assert reference.reference_model(64, tmp_path) != built and len(list(tmp_path.glob("reference-*.tflite"))) == 2
+
+
+def test_a_reference_resolution_the_network_cannot_take_is_refused():
+    with pytest.raises(ValueError, match="must be a multiple of 32 from 32 up, but got 0"):
+        reference.reference_model(0)
