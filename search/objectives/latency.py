@@ -63,7 +63,8 @@ def how(m, metrics: dict[str, Any]) -> str:
             f"{metrics.get('latency_threads')} thread(s) pinned to core(s) {metrics.get('latency_cpus') or '?'}, no other "
             f"trial computing on the node (node lock): {m.latency_warmup} warm-up invokes, then "
             f"{metrics.get('latency_runs')} pairs of invokes over at least {m.latency_min_seconds:g} s alternating this "
-            f"model and the latency reference matched to its resolution (sha256 "
+            f"model and the latency reference matched to its resolution, each timed after ~{lead_ms():g} ms of its own "
+            f"untimed invokes (sha256 "
             f"{str(metrics.get('latency_ref_sha256'))[:16]}...: {reference_recipe(metrics.get('latency_ref_resolution'))}); "
             f"latency_ms = the median per-pair ratio ({_fmt(metrics.get('latency_ref_ratio'))}) x the reference's "
             f"latency on this node ({_fmt(metrics.get('latency_ref_ms'))} ms: its ratio to the {anchor()} px anchor "
@@ -76,6 +77,12 @@ def how(m, metrics: dict[str, Any]) -> str:
 
 def _fmt(value: Any) -> str:
     return f"{float(value):.4g}" if isinstance(value, (int, float)) else "?"
+
+
+def lead_ms() -> float:
+    from search.timing.interleaved import LEAD_MS
+
+    return LEAD_MS
 
 
 def anchor() -> int:

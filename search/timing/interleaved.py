@@ -1,16 +1,20 @@
 """Latency relative to a reference: invokes of the model and of the reference, alternated.
 
-The host's speed wanders by 10-16% between 3 s windows, even idle, and hits every model alike.
-Timing A, B, A, B ... on the same pinned cores and threads, each pair sees the same moment of the
-machine, so the pair's ratio A / B cancels the drift: on this VM the median of the per-pair
-ratios of two int8 models spread 1.3% over ten 3 s windows where each model's own median spread
-14-16% (timing 0.25 s blocks of each model instead of single invokes: 7.8%, as the drift moves
-within a quarter second). The reported latency is that ratio times the reference's latency on
-the node (``search.timing.reference``).
+The host's speed wanders by 10-16% between 3 s windows, even idle. Timing A, B, A, B ... on the
+same pinned cores and threads, each pair sees the same moment of the machine, so the pair's ratio
+A / B cancels the drift: on this VM the median of the per-pair ratios of two int8 models spread
+1.3% over ten 3 s windows where each model's own median spread 14-16% (timing 0.25 s blocks of
+each model instead of single invokes: 7.8%, as the drift moves within a quarter second). The drift
+cancels only between alike models, so the reference is the same network at the model's resolution
+(``search.timing.rungs``). Each timed invoke follows ~3 ms of untimed ones of the same model
+(``LEAD_MS``), so both are timed at the speed they keep back to back, as the reference's own
+latency is (``search.timing.absolute``) and as TFLite's benchmark tool reports. The reported
+latency is the ratio times the reference's latency on the node.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -44,24 +48,51 @@ def _ready(content: bytes, num_threads: int):
     return interpreter
 
 
-def _timed_pairs(model, reference, *, min_pairs: int, min_seconds: float, max_seconds: float):
-    """Alternate single invokes until ``min_pairs`` over ``min_seconds`` with a stable median ratio,
-    or ``max_seconds``; returns the model's and the reference's ms per pair and the phase's length."""
+# Untimed running before each timed invoke, so each model is timed at the speed it keeps back to back.
+# Right after the 256 px reference, a 64 px int8 model took 0.60, 0.44, 0.37, 0.33, 0.32, 0.31 ms on
+# its 1st to 6th invokes (0.30 alone), a 96 px one 0.85 ... 0.63 (0.62): about 3 ms of its own
+# running brings it within 2-3% of its speed alone (2026-12-07, AVX-512 host).
+LEAD_MS = 3.0
+
+
+def _lead(interpreter, count: int) -> int:
+    """Untimed invokes to run before each timed one: ``LEAD_MS`` of running, by the median of ``count``
+    warm-up invokes (at least one, which also leaves XNNPACK's packed weights in place)."""
+    times = []
+    for _ in range(max(1, count)):
+        t0 = time.perf_counter()
+        interpreter.invoke()
+        times.append(time.perf_counter() - t0)
+    return max(1, math.ceil(LEAD_MS / 1e3 / max(float(np.median(times)), 1e-6)))
+
+
+def _timed(interpreter, lead: int, clock) -> float:
+    """One invoke's seconds, after ``lead`` untimed ones."""
+    for _ in range(lead):
+        interpreter.invoke()
+    t0 = clock()
+    interpreter.invoke()
+    return clock() - t0
+
+
+def _timed_pairs(model, reference, *, leads: tuple[int, int], min_pairs: int, min_seconds: float,
+                 max_seconds: float):
+    """Alternate the two models until ``min_pairs`` over ``min_seconds`` with a stable median ratio,
+    or ``max_seconds``; returns the model's and the reference's ms per pair and the phase's length.
+    Each timed invoke follows its ``leads`` of untimed ones (``LEAD_MS``); a pair still spans only a
+    few milliseconds, so the host's drift still cancels in its ratio."""
     a_ms: list[float] = []
     b_ms: list[float] = []
     ratios: list[float] = []
     clock = time.perf_counter
     begin = clock()
     while True:
-        t0 = clock()
-        model.invoke()
-        t1 = clock()
-        reference.invoke()
-        t2 = clock()
-        a_ms.append((t1 - t0) * 1e3)
-        b_ms.append((t2 - t1) * 1e3)
-        ratios.append((t1 - t0) / (t2 - t1))
-        elapsed = t2 - begin
+        a = _timed(model, leads[0], clock)
+        b = _timed(reference, leads[1], clock)
+        a_ms.append(a * 1e3)
+        b_ms.append(b * 1e3)
+        ratios.append(a / b)
+        elapsed = clock() - begin
         if elapsed >= max_seconds:
             break
         if elapsed >= min_seconds and len(ratios) >= min_pairs and median_is_stable(ratios):
@@ -76,11 +107,10 @@ def measure_interleaved(content: bytes, reference: bytes, *, num_threads: int = 
     check_timing(warmup=warmup, min_runs=min_runs, min_seconds=min_seconds, max_seconds=max_seconds)
     with pinned(num_threads) as cpus:
         model, ref = _ready(content, num_threads), _ready(reference, num_threads)
-        for _ in range(warmup):  # XNNPACK packs weights on the first invokes; caches warm up
-            model.invoke()
-            ref.invoke()
-        a_ms, b_ms, ratios, seconds = _timed_pairs(model, ref, min_pairs=min_runs, min_seconds=min_seconds,
-                                                   max_seconds=max_seconds)
+        # XNNPACK packs weights on the first invokes; their times then set each model's lead
+        leads = (_lead(model, warmup), _lead(ref, warmup))
+        a_ms, b_ms, ratios, seconds = _timed_pairs(model, ref, leads=leads, min_pairs=min_runs,
+                                                   min_seconds=min_seconds, max_seconds=max_seconds)
     p10, median, p90 = np.percentile(a_ms, [10, 50, 90])
     ratio, ratio_p90 = np.percentile(ratios, [50, 90])
     return InterleavedStats(
