@@ -72,14 +72,15 @@ def darknet_bflops(path: Path) -> tuple[float, float]:
 
 
 def latency_context(*, threads: int, min_seconds: float) -> MeasureContext:
-    """A trial's latency settings with ``threads`` and ``min_seconds``; the reference's rung at
-    ``RESOLUTION`` (and the anchor) built here."""
+    """A trial's latency settings with ``threads`` and ``min_seconds``; the reference's rungs at
+    ``RESOLUTION`` for the float32 and int8 models (and the anchor) built here."""
+    from search.timing.reference import reference_mode
     from search.timing.rungs import latency_references
 
     spec = MeasureSpec(latency_threads=threads, latency_min_seconds=min_seconds,
                        latency_max_seconds=max(10.0, 3 * min_seconds))
     with shared():  # conversions, as the driver's
-        references = latency_references([RESOLUTION])
+        references = latency_references((RESOLUTION, reference_mode(m)) for m in ("float32", "int8"))
     return MeasureContext(dataset=None, measure=spec, preprocessing="", heads=None, num_threads=threads,
                           reference=references)
 

@@ -1,19 +1,20 @@
 """Does the same model get the same latency every time, idle and while a search runs beside it?
 
-    .venv/bin/python benchmarks/latency_stability.py [--repeats 8] [--models int8@416,int8@96] [--phases idle,search]
+    .venv/bin/python benchmarks/latency_stability.py [--repeats 8] [--models int8@416,int8@96,float32@96] [--phases idle,search]
 
 Builds YOLOv4-tiny (80 classes, random weights: latency does not depend on their values) at each
-``--models`` entry's resolution in its mode (or takes ``--model FILE.tflite``), then, per phase,
-measures each model ``--repeats`` times exactly as a trial does: the ``latency`` measurement
-(``search/objectives/latency.py``: invokes alternated with the latency reference built at the
-model's resolution, its rung, ``latency_ms`` = median per-pair ratio x the rung's latency on this
-node: its link, the ratio to the 256 px anchor, x the anchor's latency, each measured once and
-kept in ``/tmp/yolo-search/latency``), holding ``search.node_lock.exclusive()``. A ``--model``
-file's resolution is read from its input. Phase ``idle`` runs alone;
+``--models`` entry's resolution in its mode (or takes ``--model FILE.tflite`` converted in
+``--mode``), then, per phase, measures each model ``--repeats`` times exactly as a trial does: the
+``latency`` measurement (``search/objectives/latency.py``: invokes alternated with the latency
+reference built at the model's resolution in its mode's reference mode, int8 or float32, its rung,
+``latency_ms`` = median per-pair ratio x the rung's latency on this node: its link, the ratio to
+the 256 px int8 anchor, x the anchor's latency, each measured once and kept in
+``/tmp/yolo-search/latency``), holding ``search.node_lock.exclusive()``. A ``--model`` file's
+resolution is read from its input. Phase ``idle`` runs alone;
 phase ``search`` starts a smoke search (``spaces/smoke.yaml``, 12 trials, its own run and cache
 folders) as a subprocess first, so the lock is really contended.
 
-Prints the anchor's latency and each model's rung with its link, then each measurement (reported
+Prints the anchor's latency and each model's rung (resolution and mode) with its link, then each measurement (reported
 ``latency_ms``, the raw median of the model's own invokes, the ratio, the rung's raw median in the
 same window, the spread, the lock wait), then per model
 and phase the spread of the reported ``latency_ms`` and of the raw medians, as (max - min) /
@@ -32,16 +33,33 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from a clone
 
 from search.node_lock import exclusive, shared  # noqa: E402
+from search.timing.reference import reference_mode  # noqa: E402
+from search.timing.rungs import rung_name  # noqa: E402
 
 SEARCH_TRIALS = 12  # enough to keep it running through every measurement
 SEARCH_STOP_SECONDS = 60  # after SIGINT, how long Ray Tune may take to wind down before SIGKILL
 GOALS = {"idle": 0.02, "search": 0.03}  # issue 12: the reported latency_ms of 8 measurements, (max - min) / median
+
+
+@dataclass(frozen=True)
+class Model:
+    """One model to time: its bytes, its input's side and the quantization mode that made it."""
+
+    content: bytes = field(repr=False)
+    resolution: int
+    mode: str
+
+    @property
+    def reference_mode(self) -> str:
+        """Which rungs it is timed against (int8 or float32), as in a trial."""
+        return reference_mode(self.mode)
 
 
 def build_model(*, resolution: int, mode: str) -> bytes:
@@ -112,7 +130,7 @@ def input_resolution(content: bytes) -> int:
     return int(load_interpreter(content).get_input_details()[0]["shape"][1])
 
 
-def measure_once(content: bytes, resolution: int, context) -> tuple[dict, float]:
+def measure_once(model: Model, context) -> tuple[dict, float]:
     """The trial's latency measurement under the node lock, as in a trial; (values, lock wait s)."""
     from search.objectives import Artifact
     from search.objectives.latency import MEASUREMENT
@@ -120,25 +138,26 @@ def measure_once(content: bytes, resolution: int, context) -> tuple[dict, float]
     asked = time.perf_counter()
     with exclusive():
         waited = time.perf_counter() - asked
-        values = MEASUREMENT.measure(Artifact(content=content, model=None, resolution=resolution, mode=""), context)
+        values = MEASUREMENT.measure(Artifact(content=model.content, model=None, resolution=model.resolution,
+                                              mode=model.mode), context)
     return values, waited
 
 
-def run_phase(models: dict[str, tuple[bytes, int]], context, *, repeats: int, interval: float,
-              search) -> dict[str, dict]:
+def run_phase(models: dict[str, Model], context, *, repeats: int, interval: float, search) -> dict[str, dict]:
     """``repeats`` measurements of every model, alternating models; {model: {"reported": [...], "raw": [...]}}."""
     found = {name: {"reported": [], "raw": []} for name in models}
-    print("#  model            search   lock_wait_s  latency_ms  raw_ms  ratio   rung_px  ref_window_ms  spread  pairs")
+    print("#  model            search   lock_wait_s  latency_ms  raw_ms  ratio   rung           ref_window_ms  spread  pairs")
     for i in range(repeats):
-        for name, (content, resolution) in models.items():
+        for name, model in models.items():
             if i or name != next(iter(models)):
                 time.sleep(interval)
             running = "-" if search is None else "running" if search.poll() is None else "ENDED"
-            v, waited = measure_once(content, resolution, context)
+            v, waited = measure_once(model, context)
             found[name]["reported"].append(v["latency_ms"])
             found[name]["raw"].append(v["latency_raw_ms"])
+            rung = rung_name(v["latency_ref_resolution"], v["latency_ref_mode"])
             print(f"{i:<2} {name:16} {running:8} {waited:11.2f}  {v['latency_ms']:10.3f}  {v['latency_raw_ms']:6.2f}  "
-                  f"{v['latency_ref_ratio']:6.4f}  {v['latency_ref_resolution']:7}  {v['latency_ref_window_ms']:13.3f}  "
+                  f"{v['latency_ref_ratio']:6.4f}  {rung:13}  {v['latency_ref_window_ms']:13.3f}  "
                   f"{v['latency_spread']:6.3f}  {v['latency_runs']:5}", flush=True)
     return found
 
@@ -161,7 +180,11 @@ def phase_with_search(models, context, args) -> dict[str, dict]:
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="a .tflite file to time instead of --models")
-    parser.add_argument("--models", default="int8@416,int8@96", help="MODE@RESOLUTION,... to build (default int8@416,int8@96)")
+    parser.add_argument("--mode", default="int8", help="the quantization mode --model was converted in: which "
+                        "reference mode it is timed against (default int8)")
+    # float32@96: float kernels are timed against the float32 rungs, so those are measured too
+    parser.add_argument("--models", default="int8@416,int8@96,float32@96",
+                        help="MODE@RESOLUTION,... to build (default int8@416,int8@96,float32@96)")
     parser.add_argument("--phases", default="idle,search", help="idle, search or both (default idle,search)")
     parser.add_argument("--repeats", type=int, default=8, help="measurements per model and phase (default 8)")
     parser.add_argument("--interval", type=float, default=2.0, help="seconds between measurements (default 2)")
@@ -181,9 +204,10 @@ def parse_args(argv):
     return args
 
 
-def make_context(args, models: dict[str, tuple[bytes, int]]):
-    """The trial's latency settings and the rungs of every model's resolution, with the anchor's
-    latency and each rung's link on this node measured (or read from its cache) and printed."""
+def make_context(args, models: dict[str, Model]):
+    """The trial's latency settings and the rungs of every model's resolution and reference mode,
+    with the anchor's latency and each rung's link on this node measured (or read from its cache)
+    and printed."""
     from search.objectives import MeasureContext
     from search.space import MeasureSpec
     from search.timing.reference import recipe_text
@@ -193,17 +217,18 @@ def make_context(args, models: dict[str, tuple[bytes, int]]):
                        latency_min_seconds=args.min_seconds, latency_max_seconds=args.max_seconds,
                        latency_reference_seconds=args.reference_seconds)
     with shared():  # conversions, as the driver's
-        references = latency_references(resolution for _, resolution in models.values())
+        references = latency_references((m.resolution, m.reference_mode) for m in models.values())
     anchor = references.anchor_rung
     with exclusive():
-        links = {name: node_rung_latency(references.rung_for(resolution), anchor.content, num_threads=args.threads,
-                                         seconds=args.reference_seconds) for name, (_, resolution) in models.items()}
+        links = {name: node_rung_latency(references.rung_for(m.resolution, m.reference_mode), anchor.content,
+                                         num_threads=args.threads, seconds=args.reference_seconds)
+                 for name, m in models.items()}
     node = next(iter(links.values())).anchor  # the same for every rung
-    print(f"reference: {recipe_text()}; anchor {anchor.resolution} px, sha256 {node.sha256[:16]}, on this node "
+    print(f"reference: {recipe_text()}; anchor {rung_name(anchor.resolution, anchor.mode)}, sha256 {node.sha256[:16]}, on this node "
           f"{node.median_ms:.3f} ms ({node.cache}: {node.runs} invokes over {node.seconds:.1f} s, spread "
           f"{node.spread:.3f}, LiteRT {node.litert})")
     for name, rung in links.items():
-        print(f"model {name}: rung {rung.resolution} px, sha256 {rung.sha256[:16]}, link {rung.link:.4f} "
+        print(f"model {name}: rung {rung_name(rung.resolution, rung.mode)}, sha256 {rung.sha256[:16]}, link {rung.link:.4f} "
               f"({rung.cache}: {rung.link_pairs} pairs over {rung.link_seconds:.1f} s) x anchor = {rung.median_ms:.3f} ms")
     return MeasureContext(dataset=None, measure=spec, preprocessing="", heads=None, num_threads=args.threads,
                           reference=references)
@@ -213,14 +238,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.model:
         content = args.model.read_bytes()
-        models = {args.model.name: (content, input_resolution(content))}
+        models = {args.model.name: Model(content, input_resolution(content), args.mode)}
     else:
         models = {}
         for entry in args.models.split(","):
             mode, resolution = entry.split("@")
-            models[f"{mode}@{resolution}px"] = (build_model(resolution=int(resolution), mode=mode), int(resolution))
-    for name, (content, resolution) in models.items():
-        print(f"model {name}: {len(content):,} bytes, {resolution} px; threads={args.threads}", flush=True)
+            models[f"{mode}@{resolution}px"] = Model(build_model(resolution=int(resolution), mode=mode), int(resolution),
+                                                     mode)
+    for name, m in models.items():
+        print(f"model {name}: {len(m.content):,} bytes, {m.resolution} px, {m.mode} (timed against the "
+              f"{m.reference_mode} rungs); threads={args.threads}", flush=True)
     context = make_context(args, models)
     results = {}
     for phase in args.phases.split(","):

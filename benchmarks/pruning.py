@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from search.compat import set_threads
     from search.data.dataset import Split
-    from search.timing.reference import ANCHOR, node_reference_latency, reference_model
+    from search.timing.reference import ANCHOR, ANCHOR_MODE, node_reference_latency, reference_model
 
     set_threads(2)
     modes = args.modes.split(",")
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     train = split_arrays(dataset.train, resolution=acc_res, mode=PREPROCESSING)
     measure = MeasureSpec()
     heads = FAMILY.heads(80)
-    reference = reference_model(ANCHOR)  # the anchor alone, absolute: as before the rungs
+    reference = reference_model(ANCHOR, ANCHOR_MODE)  # the anchor alone, absolute: as before the rungs
     print(f"# benchmarks/pruning.py, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC: official "
           f"yolov4-tiny, 80 classes; fine-tune {args.steps} steps (batch {BATCH_SIZE}, lr {args.learning_rate:g}, "
           f"schedule {args.schedule}) and AP at {acc_res} px on coco128 val ({len(val.examples)} images), params / MACs / "

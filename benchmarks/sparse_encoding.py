@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from search.prune import prune_at_once
     from search.timing.interleaved import measure_interleaved
-    from search.timing.reference import ANCHOR, node_reference_latency, reference_model
+    from search.timing.reference import ANCHOR, ANCHOR_MODE, node_reference_latency, reference_model
 
     model, source = base_model(args.real, args.resolution)
     images = calibration(args.real, size=args.calibration, resolution=args.resolution)
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"# {label} {mode}: dense {dense['bytes']} B, sparse {sparse_file['bytes']} B "
                   f"({sparse_file['sparse']} sparse tensors), {diff}", flush=True)
 
-    reference = reference_model(ANCHOR)  # the anchor alone, absolute: as before the rungs
+    reference = reference_model(ANCHOR, ANCHOR_MODE)  # the anchor alone, absolute: as before the rungs
     with tempfile.TemporaryDirectory() as fresh:  # the reference's latency now, not a node's cached one
         node = node_reference_latency(reference, num_threads=1, seconds=20.0, cache_dir=Path(fresh))
     print(f"# timing {len(files)} files x {args.repeats}; latency reference {node.median_ms:.2f} ms", flush=True)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 BASELINE_ID = "baseline"
+BASELINE_MODE = "float32"  # uncompressed: what every compression is judged against
 
 
 @dataclass(frozen=True)

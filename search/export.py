@@ -106,23 +106,24 @@ def _how_on_target(metrics: dict[str, Any], target) -> str:
     return (f"on node {get('node')} ({get('host')}: {get('cpu_model')}, {get('cores')} cores, {get('arch')}, "
             f"{get('os')}), LiteRT {get('litert')}, {get('delegate')}, {get('threads')} thread(s), the node offering "
             f"{target.resource}: {MEASUREMENT.how(None, metrics)}; ratio {get('latency_ref_ratio')} x the "
-            f"{get('latency_ref_resolution')} px reference's {get('latency_ref_ms')} ms there (its link "
-            f"{get('latency_ref_link')} x the anchor's {get('latency_anchor_ms')} ms) over {get('latency_runs')} pairs "
+            f"{get('latency_ref_resolution')} px {get('latency_ref_mode')} reference's {get('latency_ref_ms')} ms there "
+            f"(its link {get('latency_ref_link')} x the anchor's {get('latency_anchor_ms')} ms) over {get('latency_runs')} pairs "
             f"(raw median {get('latency_raw_ms')} ms)")
 
 
 def latency_reference_card(record: TrialRecord) -> dict[str, Any] | None:
     """Which model every latency of the card is a ratio to (the reference's rung at the trial's
-    resolution), and its latency and the anchor's on the measuring node."""
+    resolution and reference mode), and its latency and the anchor's on the measuring node."""
     m = record.metrics
     if not m.get("latency_ref_sha256"):
         return None
-    from search.timing.reference import ANCHOR, RECIPE, recipe_text
+    from search.timing.reference import ANCHOR, ANCHOR_MODE, RECIPE, recipe_text
 
-    return {"recipe": RECIPE, "what": recipe_text(m.get("latency_ref_resolution")),
-            "resolution": m.get("latency_ref_resolution"), "sha256": m["latency_ref_sha256"],
-            "latency_ms_on_node": m.get("latency_ref_ms"), "link_to_anchor": m.get("latency_ref_link"),
-            "anchor_resolution": ANCHOR, "anchor_latency_ms_on_node": m.get("latency_anchor_ms"),
+    return {"recipe": RECIPE, "what": recipe_text(m.get("latency_ref_resolution"), m.get("latency_ref_mode")),
+            "resolution": m.get("latency_ref_resolution"), "mode": m.get("latency_ref_mode"),
+            "sha256": m["latency_ref_sha256"], "latency_ms_on_node": m.get("latency_ref_ms"),
+            "link_to_anchor": m.get("latency_ref_link"), "anchor_resolution": ANCHOR, "anchor_mode": ANCHOR_MODE,
+            "anchor_latency_ms_on_node": m.get("latency_anchor_ms"),
             "node": record.node, "host": record.host}
 
 

@@ -28,7 +28,7 @@ from search.files import unwritable_folder, write_text_atomic
 from search.node_lock import node_guard, shared
 from search.pareto import Front, compute_front
 from search.provenance import machine, package_versions
-from search.baseline import BASELINE_ID
+from search.baseline import BASELINE_ID, BASELINE_MODE
 from search.record import BASELINE, FAILED, TrialRecord, check_recordable, read_baseline, read_records, write_records
 from search.space import Space
 from search.timing.rungs import LatencyReferences
@@ -260,7 +260,8 @@ def _on_targets(record: TrialRecord, space: Space, context: TrialContext, *, ech
     if content is None:
         echo(f"  {record.trial_id}: its model {record.model_path} is gone from the storage; not measured")
         return record
-    found = measure_on_targets(content, resolution=int(record.params["resolution"]), measure=space.measure,
+    found = measure_on_targets(content, resolution=int(record.params["resolution"]),
+                               mode=record.params["quantization"], measure=space.measure,
                                references=context.latency_reference, echo=echo, devices=devices)
     return replace(record, metrics={**record.metrics, **found})
 
@@ -353,22 +354,26 @@ def _search(space: Space, dataset, info: dict[str, Any], *, run_dir: Path, addre
 
 def _latency_reference(space: Space, info: dict[str, Any], *, run_dir: Path, echo) -> LatencyReferences | None:
     """The latency reference's rungs (``search.timing.rungs``): one for every resolution the space
-    can give a trial, the baseline's and the anchor, built once here and shipped to every trial,
-    so every node times the same bytes; None when the space measures no latency."""
+    can give a trial in every reference mode its quantization modes need, the baseline's and the
+    anchor, built once here and shipped to every trial, so every node times the same bytes; None
+    when the space measures no latency."""
     from search.objectives import measurements_for
-    from search.timing.reference import RECIPE, recipe_text
-    from search.timing.rungs import latency_references
+    from search.timing.reference import RECIPE, recipe_text, reference_mode
+    from search.timing.rungs import latency_references, rung_name
 
     if "latency" not in [m.name for m in measurements_for(space.trial_measured_names)] and not space.measure.devices:
         return None
-    resolutions = [*space.search.resolution.values, space.base_training.resolution]
+    modes = {reference_mode(q) for q in space.search.quantization.values}
+    wanted = [(r, m) for r in space.search.resolution.values for m in modes]
+    wanted.append((space.base_training.resolution, reference_mode(BASELINE_MODE)))
     with shared():  # conversions: not while a trial of another search times on this node
-        references = latency_references(r for r in resolutions if r)  # kept in the machine's temp folder
+        references = latency_references((r, m) for r, m in wanted if r)  # kept in the machine's temp folder
     rungs = references.describe()
-    info["latency_reference"] = {"recipe": RECIPE, "what": recipe_text(), "anchor": references.anchor, "rungs": rungs}
+    info["latency_reference"] = {"recipe": RECIPE, "what": recipe_text(), "anchor": rung_name(*references.anchor),
+                                 "rungs": rungs}
     write_run_json(run_dir, info)
     echo(f"latency reference: {recipe_text()}; rungs " + ", ".join(
-        f"{r} px ({rung['bytes']:,} bytes, sha256 {rung['sha256'][:12]})" for r, rung in rungs.items()))
+        f"{name} ({rung['bytes']:,} bytes, sha256 {rung['sha256'][:12]})" for name, rung in rungs.items()))
     return references
 
 
@@ -383,7 +388,7 @@ def _measure_baseline(space: Space, context: TrialContext, *, run_dir: Path, inf
     out = run_dir / BASELINE_ID
     out.mkdir(exist_ok=True)
     resolution = space.base_training.resolution
-    echo(f"baseline: the uncompressed base model, float32 at {resolution}px, measured like a trial ...")
+    echo(f"baseline: the uncompressed base model, {BASELINE_MODE} at {resolution}px, measured like a trial ...")
     try:
         result = run_baseline(context, resolution=resolution, out_dir=out, guard=node_guard)
         record = replace(result.record(BASELINE_ID, host=os.uname().nodename, model_path=str(out / MODEL_FILE)),

@@ -251,8 +251,8 @@ class MeasureSpec:
     latency_min_seconds: float = 6.0  # timed for at least this long: 8 measurements agreed within 2.0% here at 6 s, 3% at 3 s
     latency_max_seconds: float = 10.0
     # The anchor reference's latency on a node is measured once, this long, and kept on the node,
-    # and so is each resolution's reference's ratio to it (one more such measurement per rung a
-    # trial on the node uses): every trial's latency_ms there is a ratio times them, so they are
+    # and so is each rung's ratio to it (the reference at a resolution in a reference mode: one
+    # more such measurement per rung a trial on the node uses): every trial's latency_ms there is a ratio times them, so they are
     # worth a long, quiet look.
     latency_reference_seconds: float = 20.0
     # How raw heads become the detections mAP is computed on. The one place these defaults are

@@ -5,7 +5,7 @@ A device joins the cluster offering a custom resource and no CPUs
 CPUs, so none of their stages can land there; a target's measurement is a zero-CPU task that asks
 for one unit of the target's resource, so it runs only on that device, one at a time when the
 device offers 1. It receives the ``.tflite`` bytes, the latency reference's rung for the model's
-resolution and the anchor's (``search.timing.rungs``: a device cannot build them), and returns what
+resolution and reference mode and the anchor's (``search.timing.rungs``: a device cannot build them), and returns what
 ``search.timing.on_node`` measured with the node's hardware. The device has this package
 installed without its dependencies (``pip install --no-deps .``) and the ``[device]`` extra's
 packages (numpy, ai-edge-litert, ray): what the task imports needs nothing else, and no
@@ -27,6 +27,7 @@ import ray
 
 from search.objectives.targets import column
 from search.timing.on_node import device_task
+from search.timing.reference import reference_mode
 
 LATENCY_SETTINGS = ("latency_threads", "latency_warmup", "latency_min_runs", "latency_min_seconds",
                     "latency_max_seconds", "latency_reference_seconds")
@@ -46,10 +47,11 @@ def unmeasured_targets(metrics: dict[str, Any], devices) -> list:
     return [t for t in devices if metrics.get(column("error", t.name))]
 
 
-def measure_on_targets(content: bytes, *, resolution: int, measure, references, echo=None,
+def measure_on_targets(content: bytes, *, resolution: int, mode: str, measure, references, echo=None,
                        devices=None) -> dict[str, Any]:
-    """Every device target's values for ``content``, a model at ``resolution`` (of ``devices``, by
-    default all of ``measure.devices``), suffixed ``@<target>``; a target that did not answer within
+    """Every device target's values for ``content``, a model at ``resolution`` converted in ``mode``
+    (a quantization mode: it picks the rung's reference mode), of ``devices`` (by default all of
+    ``measure.devices``), suffixed ``@<target>``; a target that did not answer within
     ``measure.target_timeout_s`` (or whose node was lost) gets only ``error@<target>``.
     ``references``: the driver's ``LatencyReferences``; only the rung the model needs and the
     anchor travel."""
@@ -57,7 +59,7 @@ def measure_on_targets(content: bytes, *, resolution: int, measure, references, 
     if not devices:
         return {}
     settings = {key: getattr(measure, key) for key in LATENCY_SETTINGS}
-    rung = references.rung_for(resolution)
+    rung = references.rung_for(resolution, reference_mode(mode))
     content_ref, rung_ref, anchor_ref = ray.put(content), ray.put(rung), ray.put(references.anchor_rung.content)
     # "DEFAULT": out of the trial's placement group (Tune's, a CPU bundle), which would capture it.
     pending = {t: _measure_on_device.options(resources={t.resource: 1}, scheduling_strategy="DEFAULT")

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from search.baseline import BASELINE_MODE
 from search.data.dataset import Dataset
 from search.models import family_of
 from search.objectives import Artifact, MeasureContext
@@ -137,7 +138,7 @@ def run_baseline(context: TrialContext, *, resolution: int, out_dir: Path, guard
 
     family = family_of(context.space.model)
     set_threads(context.space.budget.cpus_per_trial)
-    params = TrialParams(resolution=resolution, pruning_schedule="none", quantization="float32")
+    params = TrialParams(resolution=resolution, pruning_schedule="none", quantization=BASELINE_MODE)
     timer = StageTimer()
     with guard(), timer("build"):
         model = build(family, num_classes=context.dataset.num_classes, resolution=resolution)

@@ -117,8 +117,8 @@ def with_targets(result, content: bytes, context):
 
     if not context.space.measure.devices:
         return result
-    found = measure_on_targets(content, resolution=result.params.resolution, measure=context.space.measure,
-                               references=context.latency_reference)
+    found = measure_on_targets(content, resolution=result.params.resolution, mode=result.params.quantization,
+                               measure=context.space.measure, references=context.latency_reference)
     return replace(result, metrics={**result.metrics, **found})
 
 

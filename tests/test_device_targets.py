@@ -99,7 +99,7 @@ def test_every_trial_is_measured_on_the_device_node(search_losing_its_device):
     assert len(rows) == TRIALS and all(r["status"] == "completed" for r in rows), [r["error"] for r in rows]
     devices = {r["node@test"] for r in measured}
     rungs = json.loads((search.run_dir / "run.json").read_text())["latency_reference"]["rungs"]
-    assert set(rungs) == {"64", "256"}  # the space's one resolution (the baseline's too) and the anchor
+    assert set(rungs) == {"float32@64", "int8@256"}  # the space's one resolution and mode (the baseline's too), the anchor
     assert len(devices) == 1 and "" not in devices  # one device measured every trial while it was there ...
     assert len({r["node"] for r in rows}) == 1 and rows[0]["node"] not in devices  # ... and every stage ran on the head
     for r in measured:
@@ -108,14 +108,16 @@ def test_every_trial_is_measured_on_the_device_node(search_losing_its_device):
         assert float(r["latency_ref_ms@test"]) == pytest.approx(float(r["latency_ref_link@test"])
                                                                 * float(r["latency_anchor_ms@test"]))
         # The same reference as on the host: the driver's rung of the trial's resolution, shipped to the device.
-        assert r["latency_ref_sha256@test"] == r["latency_ref_sha256"] == rungs["64"]["sha256"]
+        assert r["latency_ref_sha256@test"] == r["latency_ref_sha256"] == rungs["float32@64"]["sha256"]
         assert r["latency_ref_resolution@test"] == r["latency_ref_resolution"] == "64"
+        assert r["latency_ref_mode@test"] == r["latency_ref_mode"] == "float32"
         assert r["litert@test"] and r["arch@test"] and int(r["cores@test"]) >= 1 and r["delegate@test"].startswith("XNNPACK")
     baseline = json.loads((search.run_dir / "trials.json").read_text())["baseline"]
     assert baseline["metrics"]["latency_ms@test"] > 0  # the baseline is measured there too
     card = json.loads((search.run_dir / "export" / "model.json").read_text())
     assert devices.pop() in card["how_measured"]["latency@test"]
-    assert card["latency_reference"]["sha256"] == rungs["64"]["sha256"] and card["latency_reference"]["resolution"] == 64
+    assert card["latency_reference"]["sha256"] == rungs["float32@64"]["sha256"]
+    assert (card["latency_reference"]["resolution"], card["latency_reference"]["mode"]) == (64, "float32")
 
 
 def test_a_device_lost_mid_search_costs_only_its_measurements(search_losing_its_device):

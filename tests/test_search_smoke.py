@@ -74,12 +74,14 @@ def test_smoke_search_leaves_every_artifact(smoke_run):
     completed = [t for t in trials if t["status"] == "completed"]
     assert completed, [t["error"] for t in trials]
     rungs = info["latency_reference"]["rungs"]
-    assert set(rungs) == {"64", "96", "256"}  # the space's resolutions and the anchor
+    # the space's resolutions x the reference modes of its quantization modes (float32, int8), and the anchor
+    assert set(rungs) == {"float32@64", "float32@96", "int8@64", "int8@96", "int8@256"}
     for t in completed:
         assert int(t["param.resolution"]) in (64, 96)
-        # timed against the reference built at its resolution
+        # timed against the reference built at its resolution, in its mode's reference mode
         assert t["latency_ref_resolution"] == t["param.resolution"]
-        assert t["latency_ref_sha256"] == rungs[t["param.resolution"]]["sha256"]
+        assert t["latency_ref_mode"] == t["param.quantization"]  # float32 and int8 are their own reference modes
+        assert t["latency_ref_sha256"] == rungs[f"{t['param.quantization']}@{t['param.resolution']}"]["sha256"]
         # calibration_size is only there when the mode calibrates
         assert (t["param.calibration_size"] != "") == (t["param.quantization"] == "int8")
     records = json.loads((run_dir / "trials.json").read_text())["trials"]

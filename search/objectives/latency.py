@@ -1,7 +1,8 @@
 """The ``latency`` measurement: median and p90 latency of one invoke in the LiteRT interpreter.
 
 Drift-free: invokes of the trial's model alternate with invokes of a fixed reference model, built
-at the trial's resolution (its rung), on the same pinned cores, and ``latency_ms`` is the median
+at the trial's resolution in its mode's reference mode (int8, or float32 for float activations:
+its rung), on the same pinned cores, and ``latency_ms`` is the median
 per-pair ratio times the rung's latency on the node: the rung's ratio to the anchor (the 256 px
 rung) there, measured once, times the anchor's latency there, measured once, long, both kept on
 the node (``search.timing``: ``interleaved``, ``reference``, ``rungs``; the absolute timing behind
@@ -23,15 +24,17 @@ __all__ = ["MEASUREMENT", "LatencyStats", "cpu_model", "measure_latency", "quiet
 
 def measure(artifact: Artifact, context: MeasureContext) -> dict[str, Any]:
     """Median and p90 latency of one invoke, drift-free: interleaved with the rung of the trial's
-    resolution, as a ratio times that rung's latency on this node (the node is ours meanwhile: the
-    caller's lock)."""
+    resolution and reference mode, as a ratio times that rung's latency on this node (the node is
+    ours meanwhile: the caller's lock)."""
     from search.timing.interleaved import measure_interleaved
+    from search.timing.reference import reference_mode
     from search.timing.rungs import latency_references, node_rung_latency
 
     m = context.measure
+    mode = reference_mode(artifact.mode)
     # The driver ships the rungs; alone (tests, benchmarks) the one needed is built here.
-    references = context.reference or latency_references([artifact.resolution])
-    rung = references.rung_for(artifact.resolution)
+    references = context.reference or latency_references([(artifact.resolution, mode)])
+    rung = references.rung_for(artifact.resolution, mode)
     node = node_rung_latency(rung, references.anchor_rung.content, num_threads=m.latency_threads,
                              seconds=m.latency_reference_seconds)
     stats = measure_interleaved(artifact.content, rung.content, num_threads=m.latency_threads, warmup=m.latency_warmup,
@@ -41,7 +44,7 @@ def measure(artifact: Artifact, context: MeasureContext) -> dict[str, Any]:
         "latency_ms": stats.ratio * node.median_ms, "latency_p90_ms": stats.ratio_p90 * node.median_ms,
         "latency_raw_ms": stats.median_ms, "latency_ref_ratio": stats.ratio, "latency_ref_ms": node.median_ms,
         "latency_ref_window_ms": stats.reference_median_ms, "latency_ref_sha256": node.sha256,
-        "latency_ref_resolution": node.resolution, "latency_ref_link": node.link,
+        "latency_ref_resolution": node.resolution, "latency_ref_mode": node.mode, "latency_ref_link": node.link,
         "latency_anchor_ms": node.anchor.median_ms,
         "latency_spread": stats.spread, "latency_runs": stats.pairs, "latency_threads": stats.num_threads,
         "latency_cpus": stats.cpus, "latency_litert": node.anchor.litert, "cpu_model": cpu_model(),
@@ -63,12 +66,12 @@ def how(m, metrics: dict[str, Any]) -> str:
             f"{metrics.get('latency_threads')} thread(s) pinned to core(s) {metrics.get('latency_cpus') or '?'}, no other "
             f"trial computing on the node (node lock): {m.latency_warmup} warm-up invokes, then "
             f"{metrics.get('latency_runs')} pairs of invokes over at least {m.latency_min_seconds:g} s alternating this "
-            f"model and the latency reference matched to its resolution, each timed after ~{lead_ms():g} ms of its own "
-            f"untimed invokes (sha256 "
-            f"{str(metrics.get('latency_ref_sha256'))[:16]}...: {reference_recipe(metrics.get('latency_ref_resolution'))}); "
+            f"model and the latency reference matched to its resolution and mode, each timed after ~{lead_ms():g} ms "
+            f"of its own untimed invokes (sha256 {str(metrics.get('latency_ref_sha256'))[:16]}...: "
+            f"{reference_recipe(metrics.get('latency_ref_resolution'), metrics.get('latency_ref_mode'))}); "
             f"latency_ms = the median per-pair ratio ({_fmt(metrics.get('latency_ref_ratio'))}) x the reference's "
-            f"latency on this node ({_fmt(metrics.get('latency_ref_ms'))} ms: its ratio to the {anchor()} px anchor "
-            f"there, interleaved, {_fmt(metrics.get('latency_ref_link'))}, x the anchor's latency there, "
+            f"latency on this node ({_fmt(metrics.get('latency_ref_ms'))} ms: its ratio to the anchor "
+            f"there, interleaved, {_fmt(metrics.get('latency_ref_link'))}, x the anchor's ({anchor()}) latency there, "
             f"{_fmt(metrics.get('latency_anchor_ms'))} ms; each measured once over {m.latency_reference_seconds:g} s "
             f"and kept on the node), p90 likewise; latency_raw_ms is the model's own median in the window "
             f"({_fmt(metrics.get('latency_raw_ms'))} ms; the reference's there: "
@@ -85,20 +88,20 @@ def lead_ms() -> float:
     return LEAD_MS
 
 
-def anchor() -> int:
-    from search.timing.reference import ANCHOR
+def anchor() -> str:
+    from search.timing.reference import ANCHOR, ANCHOR_MODE
 
-    return ANCHOR
+    return f"{ANCHOR} px {ANCHOR_MODE}"
 
 
-def reference_recipe(resolution: int | None = None) -> str:
+def reference_recipe(resolution: int | None = None, mode: str | None = None) -> str:
     from search.timing.reference import recipe_text
 
-    return recipe_text(resolution)
+    return recipe_text(resolution, mode)
 
 
 DETAILS = ("latency_raw_ms", "latency_ref_ratio", "latency_ref_ms", "latency_ref_window_ms", "latency_ref_sha256",
-           "latency_ref_resolution", "latency_ref_link", "latency_anchor_ms", "latency_spread", "latency_runs",
+           "latency_ref_resolution", "latency_ref_mode", "latency_ref_link", "latency_anchor_ms", "latency_spread", "latency_runs",
            "latency_threads", "latency_cpus", "latency_litert", "cpu_model", "latency_machine")
 MEASUREMENT = Measurement("latency", values=("latency_ms", "latency_p90_ms"), how=how, details=DETAILS,
                           measure=measure, alone=True)

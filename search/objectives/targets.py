@@ -32,7 +32,7 @@ TARGET_VALUES: dict[str, tuple[str, str]] = {
 }
 # How each target's values were taken: recorded beside them, suffixed @<target> like them.
 TARGET_DETAILS = ("latency_raw_ms", "latency_ref_ratio", "latency_ref_ms", "latency_ref_sha256",
-                  "latency_ref_resolution", "latency_ref_link", "latency_anchor_ms", "latency_runs", "latency_spread",
+                  "latency_ref_resolution", "latency_ref_mode", "latency_ref_link", "latency_anchor_ms", "latency_runs", "latency_spread",
                   "latency_cpus", "peak_rss_bytes", "cpu_model", "cores", "arch", "os", "host", "litert", "delegate",
                   "threads", "node", "error")
 
@@ -54,7 +54,7 @@ def _not_in_a_trial(artifact, context) -> dict[str, Any]:
 
 def _how(m, metrics: dict[str, Any]) -> str:
     return ("on the target's own node (a Ray task asking for its resource), as on a search node: invokes "
-            "alternated with the latency reference at the model's resolution, latency_ms = median ratio x that "
+            "alternated with the latency reference at the model's resolution and reference mode, latency_ms = median ratio x that "
             "reference's latency on that node (its ratio to the anchor there x the anchor's); memory_bytes: peak "
             "resident memory added by loading, allocating and invoking, in a fresh process")
 

@@ -5,7 +5,7 @@ Runs on the device (``device_task``, made a Ray task by ``search.targets``), so 
 LiteRT and Ray only, and imports nothing of the package beyond ``search.timing`` and the stdlib-only
 ``search.node_lock`` / ``search.provenance``: Ray imports this module on the device to run it. The
 latency is taken as on a search node (``search.timing.interleaved`` against the reference's rung
-of the model's resolution, whose latency on this node, its link to the anchor x the anchor's, is
+of the model's resolution and reference mode, whose latency on this node, its link to the anchor x the anchor's, is
 measured once and kept here: ``search.timing.rungs``). The driver ships the rung's bytes and the
 anchor's: a device has no TensorFlow to build them. The peak memory is taken in a fresh child
 process: the resident memory a model adds by loading, allocating and invoking is what a user's
@@ -108,7 +108,8 @@ def measure_here(content: bytes, rung: Rung, anchor: bytes, settings: dict[str, 
         "latency_ms": stats.ratio * node.median_ms, "latency_p90_ms": stats.ratio_p90 * node.median_ms,
         **peak_memory(content, num_threads=threads),
         "latency_raw_ms": stats.median_ms, "latency_ref_ratio": stats.ratio, "latency_ref_ms": node.median_ms,
-        "latency_ref_sha256": node.sha256, "latency_ref_resolution": node.resolution, "latency_ref_link": node.link,
+        "latency_ref_sha256": node.sha256, "latency_ref_resolution": node.resolution,
+        "latency_ref_mode": node.mode, "latency_ref_link": node.link,
         "latency_anchor_ms": node.anchor.median_ms, "latency_runs": stats.pairs, "latency_spread": stats.spread,
         "latency_cpus": stats.cpus, **hardware(threads),
     }

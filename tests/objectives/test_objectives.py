@@ -31,8 +31,8 @@ def measured(tmp_path_factory):
     model = family.build(num_classes=dataset.num_classes, resolution=RESOLUTION)
     converted = convert(model, mode="float32")
     artifact = Artifact(content=converted.content, model=model, resolution=RESOLUTION, mode="float32")
-    # No reference given: the latency measurement builds the real rungs it needs, 64 px and the
-    # 256 px anchor (search.timing.rungs).
+    # No reference given: the latency measurement builds the real rungs it needs, float32 at 64 px
+    # and the 256 px int8 anchor (search.timing.rungs).
     measure = MeasureSpec(latency_warmup=1, latency_min_runs=3, latency_min_seconds=0.0, latency_max_seconds=0.5,
                           latency_reference_seconds=0.5)
     context = MeasureContext(dataset=dataset, measure=measure, preprocessing="stretch",

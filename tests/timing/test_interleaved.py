@@ -56,13 +56,18 @@ def test_the_reference_latency_is_measured_once_per_node_and_kept(small_and_larg
 def test_the_reference_is_built_the_same_every_time(tmp_path):
     # Every node must time the same file; the driver ships its bytes, and a rebuild (another run,
     # another machine with the same packages) must give the same ones for the node caches to agree.
-    built = reference.build_reference(96)
-    assert reference.build_reference(96) == built
-    assert reference.reference_model(96, tmp_path) == built and reference.reference_model(96, tmp_path) == built
-    # Each resolution is a file of its own in the cache (the rungs: search.timing.rungs).
-    assert reference.reference_model(64, tmp_path) != built and len(list(tmp_path.glob("reference-*.tflite"))) == 2
+    built = reference.build_reference(96, "int8")
+    assert reference.build_reference(96, "int8") == built
+    assert reference.reference_model(96, "int8", tmp_path) == built
+    assert reference.reference_model(96, "int8", tmp_path) == built
+    # Each resolution and mode is a file of its own in the cache (the rungs: search.timing.rungs).
+    assert reference.reference_model(64, "int8", tmp_path) != built
+    assert reference.reference_model(96, "float32", tmp_path) != built
+    assert len(list(tmp_path.glob("reference-*.tflite"))) == 3
 
 
-def test_a_reference_resolution_the_network_cannot_take_is_refused():
+def test_a_reference_resolution_the_network_cannot_take_or_a_mode_it_has_no_recipe_for_is_refused():
     with pytest.raises(ValueError, match="must be a multiple of 32 from 32 up, but got 0"):
-        reference.reference_model(0)
+        reference.reference_model(0, "int8")
+    with pytest.raises(ValueError, match="mode must be one of float32, int8, but got 'int16x8'"):
+        reference.reference_model(96, "int16x8")
