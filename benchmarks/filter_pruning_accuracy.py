@@ -83,8 +83,7 @@ def masked(model, family, images, *, target: float, choose: str, fold: bool, spr
     wide.set_weights(model.get_weights())
     spec = PruningSpec(schedule="constant", target_sparsity=target, structure="filters")
     plan = prune_filters.filter_plan(wide, spec, family=family)
-    masks = prune_filters.FilterMasks(wide, plan, dense_layers=family.dense_layers(wide),
-                                      readers=family.channel_readers(wide), images=images)
+    masks = prune_filters.FilterMasks(wide, plan, readers=family.channel_readers(wide), images=images)
     if spread == "global":
         masks.plan = global_plan(wide, plan, masks)
     current = prune_filters.choose_units, prune_filters.fold_replacements

@@ -170,11 +170,11 @@ def filter_widths(wide: keras.Model, thin: keras.Model, *, target: float,
 class FilterMasks:
     """The filters masked so far, applied to a model's weights before every step."""
 
-    def __init__(self, model: keras.Model, plan: FilterPlan, *, dense_layers: Sequence[str],
+    def __init__(self, model: keras.Model, plan: FilterPlan, *,
                  readers: Mapping[tuple[str, int], Sequence[tuple[str, int]]], images: np.ndarray):
         """``readers``: the family's ``channel_readers(model)``; ``images``: uint8 training images, of which
         ``STATISTICS_IMAGES`` (evenly spaced) show the filters at work at each mask update."""
-        self.model, self.plan, self.dense_layers, self.readers = model, plan, tuple(dense_layers), readers
+        self.model, self.plan, self.readers = model, plan, readers
         picked = np.linspace(0, len(images) - 1, min(len(images), STATISTICS_IMAGES)).round().astype(int)
         self.images = images[np.unique(picked)].astype(np.float32) / 255.0
         self.masked: list[list[int]] = [[] for _ in plan.clusters]  # unit indices, per cluster
@@ -189,16 +189,17 @@ class FilterMasks:
         if not any(more):
             return
         before = self.removed()
+        gone = set(before)
         statistics = reader_statistics(self.model, {r for where in self.readers.values() for r, _ in where},
                                        self.images)
-        open_units = [[u for u in range(len(cluster.units)) if u not in set(masked)]
+        open_units = [sorted(set(range(len(cluster.units))) - set(masked))
                       for cluster, masked in zip(self.plan.clusters, self.masked)]
         chosen = choose_units(self.model, [[cluster.units[u] for u in units]
                                            for cluster, units in zip(self.plan.clusters, open_units)],
                               more, readers=self.readers, statistics=statistics, gone=before)
         for masked, units, picks in zip(self.masked, open_units, chosen):
             masked.extend(units[i] for i in picks)
-        newly = [member for member in self.removed() if member not in set(before)]
+        newly = [member for member in self.removed() if member not in gone]
         fold_replacements(self.model, newly, readers=self.readers, statistics=statistics, gone=before)
         keep: dict[str, np.ndarray] = {}
         for conv, f in self.removed():
@@ -268,8 +269,7 @@ def remove_filters_and_fine_tune(model: keras.Model, spec: PruningSpec, *, famil
     wide.set_weights(model.get_weights())
     dense = family.dense_layers(wide)
     plan = filter_plan(wide, spec, family=family)
-    masks = FilterMasks(wide, plan, dense_layers=dense, readers=family.channel_readers(wide),
-                        images=train_kwargs["images"])
+    masks = FilterMasks(wide, plan, readers=family.channel_readers(wide), images=train_kwargs["images"])
     train(wide, steps=steps, on_step=schedule_hook(masks, spec, steps=steps), **train_kwargs)
     thin = family.thin(wide, masks.removed())
     return thin, measured_filter_sparsity(wide, thin, plan, dense_layers=dense)

@@ -47,8 +47,8 @@ def _images(count=8):
 
 
 def _masks(model, family, spec):
-    return FilterMasks(model, filter_plan(model, spec, family=family), dense_layers=family.dense_layers(model),
-                       readers=family.channel_readers(model), images=_images())
+    return FilterMasks(model, filter_plan(model, spec, family=family), readers=family.channel_readers(model),
+                       images=_images())
 
 
 def _removed(model, family, target):
