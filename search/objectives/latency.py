@@ -65,9 +65,10 @@ def how(m, metrics: dict[str, Any]) -> str:
             f"({metrics.get('latency_machine')}), "
             f"{metrics.get('latency_threads')} thread(s) pinned to core(s) {metrics.get('latency_cpus') or '?'}, no other "
             f"trial computing on the node (node lock): {m.latency_warmup} warm-up invokes, then "
-            f"{metrics.get('latency_runs')} pairs of invokes over at least {m.latency_min_seconds:g} s alternating this "
-            f"model and the latency reference matched to its resolution and mode, each timed after ~{lead_ms():g} ms "
-            f"of its own untimed invokes (sha256 {str(metrics.get('latency_ref_sha256'))[:16]}...: "
+            f"{metrics.get('latency_runs')} pairs of turns over at least {m.latency_min_seconds:g} s alternating this "
+            f"model and the latency reference matched to its resolution and mode, each turn ~{turn_ms():g} ms of its "
+            f"untimed invokes then ~{turn_ms():g} ms timed, its median taken (sha256 "
+            f"{str(metrics.get('latency_ref_sha256'))[:16]}...: "
             f"{reference_recipe(metrics.get('latency_ref_resolution'), metrics.get('latency_ref_mode'))}); "
             f"latency_ms = the median per-pair ratio ({_fmt(metrics.get('latency_ref_ratio'))}) x the reference's "
             f"latency on this node ({_fmt(metrics.get('latency_ref_ms'))} ms: its ratio to the anchor "
@@ -82,10 +83,10 @@ def _fmt(value: Any) -> str:
     return f"{float(value):.4g}" if isinstance(value, (int, float)) else "?"
 
 
-def lead_ms() -> float:
-    from search.timing.interleaved import LEAD_MS
+def turn_ms() -> float:
+    from search.timing.interleaved import TURN_MS
 
-    return LEAD_MS
+    return TURN_MS
 
 
 def anchor() -> str:

@@ -6,9 +6,9 @@ A / B cancels the drift: on this VM the median of the per-pair ratios of two int
 1.3% over ten 3 s windows where each model's own median spread 14-16% (timing 0.25 s blocks of
 each model instead of single invokes: 7.8%, as the drift moves within a quarter second). The drift
 cancels only between alike models, so the reference is the same network at the model's resolution
-(``search.timing.rungs``). Each timed invoke follows ~3 ms of untimed ones of the same model
-(``LEAD_MS``), so both are timed at the speed they keep back to back, as the reference's own
-latency is (``search.timing.absolute``) and as TFLite's benchmark tool reports. The reported
+(``search.timing.rungs``). Each model's turn runs ~3 ms untimed, then ~3 ms timed (``TURN_MS``),
+so both are timed at the speed they keep back to back, as the reference's own latency is
+(``search.timing.absolute``) and as TFLite's benchmark tool reports. The reported
 latency is the ratio times the reference's latency on the node.
 """
 
@@ -48,47 +48,63 @@ def _ready(content: bytes, num_threads: int):
     return interpreter
 
 
-# Untimed running before each timed invoke, so each model is timed at the speed it keeps back to back.
-# Right after the 256 px reference, a 64 px int8 model took 0.60, 0.44, 0.37, 0.33, 0.32, 0.31 ms on
-# its 1st to 6th invokes (0.30 alone), a 96 px one 0.85 ... 0.63 (0.62): about 3 ms of its own
-# running brings it within 2-3% of its speed alone (2026-12-07, AVX-512 host).
-LEAD_MS = 3.0
+# Each model runs this long untimed, then this long timed, before the other model's turn. Right after
+# the 256 px reference, a 64 px int8 model took 0.60, 0.44, 0.37, 0.33, 0.32, 0.31 ms on its 1st to 6th
+# invokes (0.30 alone), a 96 px one 0.85 ... 0.63 (0.62): about 3 ms of its own running brings it
+# within 2-3% of its speed alone (2026-12-07, AVX-512 host). Timing as long again (the median of
+# those invokes) halves the untimed share, and one pair still spans milliseconds, not the 0.25 s
+# over which the host's drift moves.
+TURN_MS = 3.0
+# Bump when the way a pair is timed changes: a rung's link kept on a node (search.timing.rungs) was
+# timed this way, and a link timed another way must not be read back.
+TIMING_VERSION = 2
 
 
-def _lead(interpreter, count: int) -> int:
-    """Untimed invokes to run before each timed one: ``LEAD_MS`` of running, by the median of ``count``
-    warm-up invokes (at least one, which also leaves XNNPACK's packed weights in place)."""
+@dataclass(frozen=True)
+class Turn:
+    """How a model's turn in a pair runs: untimed invokes, then timed ones (their median is its time)."""
+
+    untimed: int
+    timed: int
+
+
+def _turn(interpreter, warmup: int) -> Turn:
+    """The model's turn, ``TURN_MS`` each, by the median of ``warmup`` invokes (at least one, which also
+    leaves XNNPACK's packed weights in place)."""
     times = []
-    for _ in range(max(1, count)):
+    for _ in range(max(1, warmup)):
         t0 = time.perf_counter()
         interpreter.invoke()
         times.append(time.perf_counter() - t0)
-    return max(1, math.ceil(LEAD_MS / 1e3 / max(float(np.median(times)), 1e-6)))
+    count = max(1, math.ceil(TURN_MS / 1e3 / max(float(np.median(times)), 1e-6)))
+    return Turn(untimed=count, timed=count)
 
 
-def _timed(interpreter, lead: int, clock) -> float:
-    """One invoke's seconds, after ``lead`` untimed ones."""
-    for _ in range(lead):
+def _timed(interpreter, turn: Turn, clock) -> float:
+    """The median seconds of the turn's timed invokes, after its untimed ones."""
+    for _ in range(turn.untimed):
         interpreter.invoke()
-    t0 = clock()
-    interpreter.invoke()
-    return clock() - t0
+    times = []
+    for _ in range(turn.timed):
+        t0 = clock()
+        interpreter.invoke()
+        times.append(clock() - t0)
+    return float(np.median(times))
 
 
-def _timed_pairs(model, reference, *, leads: tuple[int, int], min_pairs: int, min_seconds: float,
+def _timed_pairs(model, reference, *, turns: tuple[Turn, Turn], min_pairs: int, min_seconds: float,
                  max_seconds: float):
-    """Alternate the two models until ``min_pairs`` over ``min_seconds`` with a stable median ratio,
-    or ``max_seconds``; returns the model's and the reference's ms per pair and the phase's length.
-    Each timed invoke follows its ``leads`` of untimed ones (``LEAD_MS``); a pair still spans only a
-    few milliseconds, so the host's drift still cancels in its ratio."""
+    """Alternate the two models' turns until ``min_pairs`` over ``min_seconds`` with a stable median
+    ratio, or ``max_seconds``; returns the model's and the reference's ms per pair and the phase's
+    length. A pair spans a few milliseconds, so the host's drift cancels in its ratio."""
     a_ms: list[float] = []
     b_ms: list[float] = []
     ratios: list[float] = []
     clock = time.perf_counter
     begin = clock()
     while True:
-        a = _timed(model, leads[0], clock)
-        b = _timed(reference, leads[1], clock)
+        a = _timed(model, turns[0], clock)
+        b = _timed(reference, turns[1], clock)
         a_ms.append(a * 1e3)
         b_ms.append(b * 1e3)
         ratios.append(a / b)
@@ -107,9 +123,9 @@ def measure_interleaved(content: bytes, reference: bytes, *, num_threads: int = 
     check_timing(warmup=warmup, min_runs=min_runs, min_seconds=min_seconds, max_seconds=max_seconds)
     with pinned(num_threads) as cpus:
         model, ref = _ready(content, num_threads), _ready(reference, num_threads)
-        # XNNPACK packs weights on the first invokes; their times then set each model's lead
-        leads = (_lead(model, warmup), _lead(ref, warmup))
-        a_ms, b_ms, ratios, seconds = _timed_pairs(model, ref, leads=leads, min_pairs=min_runs,
+        # XNNPACK packs weights on the first invokes; their times then set each model's turn
+        turns = (_turn(model, warmup), _turn(ref, warmup))
+        a_ms, b_ms, ratios, seconds = _timed_pairs(model, ref, turns=turns, min_pairs=min_runs,
                                                    min_seconds=min_seconds, max_seconds=max_seconds)
     p10, median, p90 = np.percentile(a_ms, [10, 50, 90])
     ratio, ratio_p90 = np.percentile(ratios, [50, 90])

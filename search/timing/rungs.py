@@ -128,21 +128,23 @@ def node_rung_latency(rung: Rung, anchor: bytes, *, num_threads: int, seconds: f
                       cache_dir: Path | None = None) -> RungLatency:
     """``rung``'s latency on this node: the anchor's (``node_reference_latency``) x the link, measured
     once for ``seconds`` and kept in ``cache_dir`` (default ``NODE_CACHE``) under the rung's hash, the
-    anchor's, the thread count, the LiteRT version and ``seconds``. The caller holds the node alone."""
+    anchor's, the thread count, the LiteRT version, ``seconds`` and how pairs are timed. The caller holds
+    the node alone."""
+    from search.timing.interleaved import TIMING_VERSION, measure_interleaved
+
     node = node_reference_latency(anchor, num_threads=num_threads, seconds=seconds, cache_dir=cache_dir)
     sha = rung.sha256
     if sha == node.sha256:
         return RungLatency(rung.resolution, rung.mode, sha, 1.0, 0, 0.0, node, node.cache)
     folder = Path(cache_dir or reference.NODE_CACHE)
-    path = folder / f"link-{sha[:16]}-to-{node.sha256[:16]}-t{num_threads}-litert{node.litert}-{seconds:g}s.json"
+    path = folder / (f"link-{sha[:16]}-to-{node.sha256[:16]}-t{num_threads}-litert{node.litert}-{seconds:g}s"
+                     f"-timing{TIMING_VERSION}.json")
     try:
         kept = json.loads(path.read_text())
         return RungLatency(rung.resolution, rung.mode, sha, kept["link"], kept["link_pairs"], kept["link_seconds"],
                            node, "hit")
     except (OSError, ValueError, TypeError, KeyError):
         pass  # not measured on this node yet (or an unreadable leftover): measure it now
-    from search.timing.interleaved import measure_interleaved
-
     stats = measure_interleaved(rung.content, anchor, num_threads=num_threads, warmup=10, min_runs=50,
                                 min_seconds=seconds, max_seconds=seconds * 1.5)
     measured = RungLatency(rung.resolution, rung.mode, sha, stats.ratio, stats.pairs, stats.seconds, node, "miss")

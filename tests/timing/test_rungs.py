@@ -70,19 +70,20 @@ def test_a_mode_without_rungs_falls_back_to_int8_and_a_mode_that_is_no_reference
 
 def test_a_rungs_latency_is_its_link_times_the_anchors_measured_once_and_kept(rungs, node_cache):
     small, anchor = Rung(64, "int8", rungs[64, "int8"]), rungs[ANCHOR]
-    first = node_rung_latency(small, anchor, num_threads=1, seconds=0.5)
-    again = node_rung_latency(small, anchor, num_threads=1, seconds=0.5)
+    first = node_rung_latency(small, anchor, num_threads=1, seconds=1.0)
+    again = node_rung_latency(small, anchor, num_threads=1, seconds=1.0)
     assert (first.cache, again.cache) == ("miss", "hit") and (first.anchor.cache, again.anchor.cache) == ("miss", "hit")
     assert again.link == first.link and again.anchor.median_ms == first.anchor.median_ms
-    assert 1 / 8 < first.link < 1 / 1.5 and first.link_pairs >= 50  # 1/4 of the anchor's MACs, fixed costs aside
+    # 1/4 of the anchor's MACs, fixed costs aside; a pair of ~3 ms turns and the anchor's: dozens in a second
+    assert 1 / 8 < first.link < 1 / 1.5 and first.link_pairs >= 20
     assert first.median_ms == pytest.approx(first.link * first.anchor.median_ms)
     assert first.sha256 == small.sha256 and first.anchor.sha256 == hashlib.sha256(anchor).hexdigest()
     # The anchor's own rung is the anchor's latency: link 1, nothing timed.
-    own = node_rung_latency(Rung(*ANCHOR, anchor), anchor, num_threads=1, seconds=0.5)
+    own = node_rung_latency(Rung(*ANCHOR, anchor), anchor, num_threads=1, seconds=1.0)
     assert (own.link, own.link_pairs, own.median_ms) == (1.0, 0, first.anchor.median_ms)
     # One file for the anchor's latency, one for the link; another thread count is another link.
     assert len(list(node_cache.glob("reference-latency-*.json"))) == 1 and len(list(node_cache.glob("link-*.json"))) == 1
-    assert node_rung_latency(small, anchor, num_threads=2, seconds=0.5).cache == "miss"
+    assert node_rung_latency(small, anchor, num_threads=2, seconds=1.0).cache == "miss"
 
 
 @pytest.mark.parametrize("resolution, mode, rung", [
