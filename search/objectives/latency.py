@@ -66,8 +66,10 @@ def how(m, metrics: dict[str, Any]) -> str:
             f"{metrics.get('latency_threads')} thread(s) pinned to core(s) {metrics.get('latency_cpus') or '?'}, no other "
             f"trial computing on the node (node lock): {m.latency_warmup} warm-up invokes, then "
             f"{metrics.get('latency_runs')} pairs of turns over at least {m.latency_min_seconds:g} s alternating this "
-            f"model and the latency reference matched to its resolution and mode, each turn ~{turn_ms():g} ms of its "
-            f"untimed invokes then ~{turn_ms():g} ms timed, its median taken (sha256 "
+            f"model and the latency reference matched to its resolution and mode (every other pair the reference "
+            f"first), each turn ~{turn_ms():g} ms of its "
+            f"untimed invokes then ~{turn_ms():g} ms timed, its median taken, the window split over "
+            f"{sessions()} fresh pairs of interpreters (sha256 "
             f"{str(metrics.get('latency_ref_sha256'))[:16]}...: "
             f"{reference_recipe(metrics.get('latency_ref_resolution'), metrics.get('latency_ref_mode'))}); "
             f"latency_ms = the median per-pair ratio ({_fmt(metrics.get('latency_ref_ratio'))}) x the reference's "
@@ -87,6 +89,12 @@ def turn_ms() -> float:
     from search.timing.interleaved import TURN_MS
 
     return TURN_MS
+
+
+def sessions() -> int:
+    from search.timing.interleaved import SESSIONS
+
+    return SESSIONS
 
 
 def anchor() -> str:

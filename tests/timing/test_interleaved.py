@@ -35,9 +35,24 @@ def test_the_ratio_says_which_model_is_slower_and_by_about_how_much(small_and_la
     assert up.median_ms > up.reference_median_ms  # the raw medians agree with the ratio's direction
 
 
+def test_the_window_is_split_over_fresh_pairs_of_interpreters(small_and_large, monkeypatch):
+    # One pair of interpreters keeps its ratio, a new pair's can sit a few percent elsewhere, so the
+    # ratios of several fresh pairs are pooled (SESSIONS); the runs and seconds are shared out.
+    import search.tflite_model
+
+    made = []
+    real = search.tflite_model.load_interpreter
+    monkeypatch.setattr(search.tflite_model, "load_interpreter", lambda *a, **k: made.append(1) or real(*a, **k))
+    stats = measure_interleaved(*small_and_large, warmup=1, min_runs=12, min_seconds=0.6, max_seconds=3.0, sessions=3)
+    assert len(made) == 6  # the model and the reference, three times
+    assert stats.pairs >= 12 and stats.seconds >= 0.6
+
+
 def test_interleaved_refuses_meaningless_settings(small_and_large):
     with pytest.raises(ValueError, match="min_seconds <= max_seconds"):
         measure_interleaved(*small_and_large, min_seconds=5.0, max_seconds=1.0)
+    with pytest.raises(ValueError, match="sessions must be >= 1, but got 0"):
+        measure_interleaved(*small_and_large, sessions=0)
 
 
 def test_the_reference_latency_is_measured_once_per_node_and_kept(small_and_large, node_cache):
