@@ -61,52 +61,30 @@ def machine_line() -> str:
 
 
 def how(m, metrics: dict[str, Any]) -> str:
+    from search.timing.interleaved import SESSIONS, TURN_MS  # here: reading the objectives table stays cheap
+    from search.timing.reference import ANCHOR, ANCHOR_MODE, recipe_text
+
     return (f"LiteRT {metrics.get('latency_litert')} interpreter (XNNPACK) on {metrics.get('cpu_model')} "
             f"({metrics.get('latency_machine')}), "
             f"{metrics.get('latency_threads')} thread(s) pinned to core(s) {metrics.get('latency_cpus') or '?'}, no other "
             f"trial computing on the node (node lock): {m.latency_warmup} warm-up invokes, then "
             f"{metrics.get('latency_runs')} pairs of turns over at least {m.latency_min_seconds:g} s alternating this "
             f"model and the latency reference matched to its resolution and mode (every other pair the reference "
-            f"first), each turn ~{turn_ms():g} ms of its "
-            f"untimed invokes then ~{turn_ms():g} ms timed, its median taken, the window split over "
-            f"{sessions()} fresh pairs of interpreters (sha256 "
+            f"first), each turn ~{TURN_MS:g} ms of its untimed invokes then ~{TURN_MS:g} ms timed, its median taken, "
+            f"the window split over {SESSIONS} fresh pairs of interpreters (sha256 "
             f"{str(metrics.get('latency_ref_sha256'))[:16]}...: "
-            f"{reference_recipe(metrics.get('latency_ref_resolution'), metrics.get('latency_ref_mode'))}); "
+            f"{recipe_text(metrics.get('latency_ref_resolution'), metrics.get('latency_ref_mode'))}); "
             f"latency_ms = the median per-pair ratio ({_fmt(metrics.get('latency_ref_ratio'))}) x the reference's "
             f"latency on this node ({_fmt(metrics.get('latency_ref_ms'))} ms: its ratio to the anchor "
-            f"there, interleaved, {_fmt(metrics.get('latency_ref_link'))}, x the anchor's ({anchor()}) latency there, "
-            f"{_fmt(metrics.get('latency_anchor_ms'))} ms; each measured once over {m.latency_reference_seconds:g} s "
-            f"and kept on the node), p90 likewise; latency_raw_ms is the model's own median in the window "
-            f"({_fmt(metrics.get('latency_raw_ms'))} ms; the reference's there: "
+            f"there, interleaved, {_fmt(metrics.get('latency_ref_link'))}, x the anchor's ({ANCHOR} px {ANCHOR_MODE}) "
+            f"latency there, {_fmt(metrics.get('latency_anchor_ms'))} ms; each measured once over "
+            f"{m.latency_reference_seconds:g} s and kept on the node), p90 likewise; latency_raw_ms is the model's "
+            f"own median in the window ({_fmt(metrics.get('latency_raw_ms'))} ms; the reference's there: "
             f"{_fmt(metrics.get('latency_ref_window_ms'))} ms)")
 
 
 def _fmt(value: Any) -> str:
     return f"{float(value):.4g}" if isinstance(value, (int, float)) else "?"
-
-
-def turn_ms() -> float:
-    from search.timing.interleaved import TURN_MS
-
-    return TURN_MS
-
-
-def sessions() -> int:
-    from search.timing.interleaved import SESSIONS
-
-    return SESSIONS
-
-
-def anchor() -> str:
-    from search.timing.reference import ANCHOR, ANCHOR_MODE
-
-    return f"{ANCHOR} px {ANCHOR_MODE}"
-
-
-def reference_recipe(resolution: int | None = None, mode: str | None = None) -> str:
-    from search.timing.reference import recipe_text
-
-    return recipe_text(resolution, mode)
 
 
 DETAILS = ("latency_raw_ms", "latency_ref_ratio", "latency_ref_ms", "latency_ref_window_ms", "latency_ref_sha256",
